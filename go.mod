@@ -1,0 +1,3 @@
+module github.com/upm-project/upm
+
+go 1.26
