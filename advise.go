@@ -1,0 +1,250 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package upm
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// pageSize is the size of a base page, the unit of merging.
+var pageSize = os.Getpagesize()
+
+// Advise tells the kernel that the page-aligned interior of b is shareable:
+// identical pages in other processes (or elsewhere in this one) that were
+// advised too may be backed by one read-only physical copy, copied again on
+// the first write.
+//
+// Only whole pages inside b are advised: the start of b is rounded up and its
+// end rounded down to a page boundary, so no byte outside b is ever affected.
+// A b that holds no whole page (nil, empty, or smaller than a page) gives an
+// error wrapping ErrTooSmall. Allocations of a few pages or more get whole
+// pages from the Go runtime; for smaller tables, or to control the layout,
+// use NewArena.
+//
+// With BackendUPM the pages that b's program has written are merged before
+// Advise returns; pages never written are not present and are skipped. With
+// BackendKSM the pages are marked mergeable and ksmd merges them later, if it
+// runs (see Diagnose). With BackendNone, Advise returns an error wrapping
+// ErrUnsupported and changes nothing. Kernel errors keep their errno:
+// errors.Is(err, unix.ENOMEM) is true when part of b is not mapped, and
+// errors.Is(err, unix.EINVAL) when the kernel refuses the memory, as UPM does
+// for shared and hugetlb mappings.
+//
+// The returned Region refers to the memory and stays in the package's
+// registry (see WriteProfile) until Unadvise, so the garbage collector does
+// not free advised memory even if the caller drops b; no runtime.KeepAlive is
+// needed for the advice. Unadvise when the data is no longer shared, or keep
+// the Region for the life of the process, as is usual for model weights. Go's
+// garbage collector does not move heap objects; should a future one move
+// them, the advice would stay with the old addresses, as the kernel knows
+// addresses and not objects. Memory that is freed behind the Region's back
+// (an unix.Munmap of off-heap memory, say) loses its advice with its mapping:
+// Unadvise then reports ENOMEM and Merged finds nothing.
+func Advise(b []byte) (*Region, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	return advise(p, len(b), kindSlice, "", callers())
+}
+
+// AdviseSlice is Advise over the bytes of the elements of s, for tables of
+// numbers such as []float32 model weights. Like Advise, it advises only the
+// whole pages inside the elements' memory.
+func AdviseSlice[T any](s []T) (*Region, error) {
+	var p unsafe.Pointer
+	n := len(s) * int(unsafe.Sizeof(*new(T)))
+	if n > 0 {
+		p = unsafe.Pointer(unsafe.SliceData(s))
+	}
+	return advise(p, n, kindSlice, "", callers())
+}
+
+// advise validates the range [p, p+n) and advises its page-aligned interior.
+func advise(p unsafe.Pointer, n int, kind, label string, stack []uintptr) (*Region, error) {
+	mem, err := interior(p, n)
+	if err != nil {
+		return nil, err
+	}
+	d := currentDetection()
+	if d.err != nil {
+		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w", len(mem), addrOf(mem), d.err)
+	}
+	if err := sysAdvise(mem, d); err != nil {
+		return nil, err
+	}
+	return newRegion(mem, d.backend, kind, label, stack), nil
+}
+
+// interior returns the whole pages inside [p, p+n), or an error wrapping
+// ErrTooSmall if there are none.
+func interior(p unsafe.Pointer, n int) ([]byte, error) {
+	if p == nil || n <= 0 {
+		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w", max(n, 0), uintptr(p), ErrTooSmall)
+	}
+	start := uintptr(p)
+	ps := uintptr(pageSize)
+	first := (start + ps - 1) &^ (ps - 1)
+	last := (start + uintptr(n)) &^ (ps - 1)
+	if first < start || last <= first {
+		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w (%d-byte pages)", n, start, ErrTooSmall, pageSize)
+	}
+	// unsafe.Add keeps the derived pointer inside b's object, which keeps
+	// the object reachable for as long as the Region holds it.
+	return unsafe.Slice((*byte)(unsafe.Add(p, first-start)), last-first), nil
+}
+
+// Region is a page-aligned range of memory that was advised as shareable.
+//
+// A Region is safe for concurrent use. Regions of overlapping memory are not
+// nested: Unadvise on one takes the advice off the memory of both.
+type Region struct {
+	mu      sync.Mutex
+	mem     []byte // nil once unadvised or unmapped
+	addr    uintptr
+	size    int
+	backend Backend
+	kind    string // "slice", "file" or "arena", for profiles
+	label   string // the file of a Mapping, for profiles
+	stack   []uintptr
+	seq     uint64
+}
+
+// Kinds of Region, as profile labels.
+const (
+	kindSlice = "slice"
+	kindFile  = "file"
+	kindArena = "arena"
+)
+
+var regionSeq atomic.Uint64
+
+func newRegion(mem []byte, b Backend, kind, label string, stack []uintptr) *Region {
+	r := &Region{
+		mem:     mem,
+		addr:    addrOf(mem),
+		size:    len(mem),
+		backend: b,
+		kind:    kind,
+		label:   label,
+		stack:   stack,
+		seq:     regionSeq.Add(1),
+	}
+	register(r)
+	return r
+}
+
+// Addr returns the address of the first advised byte, a multiple of the page
+// size.
+func (r *Region) Addr() uintptr {
+	if r == nil {
+		return 0
+	}
+	return r.addr
+}
+
+// Len returns the number of advised bytes, a multiple of the page size. It
+// does not change when the Region is unadvised.
+func (r *Region) Len() int {
+	if r == nil {
+		return 0
+	}
+	return r.size
+}
+
+// Backend returns the backend that advised the Region.
+func (r *Region) Backend() Backend {
+	if r == nil {
+		return BackendNone
+	}
+	return r.backend
+}
+
+// Unadvise takes the advice off the Region's memory (MADV_UNMERGEABLE): merged
+// pages are copied back into private pages, which can take time and memory,
+// and the kernel stops considering the pages. The Region leaves the registry
+// and no longer keeps its memory reachable.
+//
+// Unadvise on a Region that was already unadvised, or whose Mapping or Arena
+// was closed, returns an error wrapping ErrClosed. If the kernel fails, the
+// Region stays advised so the call can be repeated, unless the memory is no
+// longer mapped (ENOMEM), in which case there is nothing left to unadvise and
+// the Region is released all the same.
+func (r *Region) Unadvise() error {
+	if r == nil {
+		return fmt.Errorf("upm: unadvise nil Region: %w", ErrClosed)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mem == nil {
+		return fmt.Errorf("upm: unadvise %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+	}
+	if err := sysUnadvise(r.mem); err != nil {
+		if !sysMapped(r.mem) {
+			r.releaseLocked()
+		}
+		return err
+	}
+	r.releaseLocked()
+	return nil
+}
+
+// release forgets the Region's memory without a system call, for a Mapping or
+// Arena whose memory is about to be unmapped.
+func (r *Region) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.releaseLocked()
+}
+
+func (r *Region) releaseLocked() {
+	if r.mem != nil {
+		r.mem = nil
+		unregister(r)
+	}
+}
+
+// Merged reports how many bytes of the Region are currently backed by pages
+// merged with others (KSM pages).
+//
+// ok reports whether the count is exact. It is exact when the process can
+// read page frame numbers (/proc/self/pagemap with CAP_SYS_ADMIN, and
+// /proc/kpageflags), and when the Region's memory is made of whole memory
+// mappings whose KSM line in /proc/self/smaps the kernel reports (Linux 6.4
+// and later): advising splits mappings at the Region's ends, unless a
+// neighbouring range was advised too and the kernel joined them. Otherwise
+// bytes counts only the mappings that lie inside the Region, a lower bound,
+// and ok is false. A Region that was unadvised gives an error wrapping
+// ErrClosed.
+func (r *Region) Merged() (bytes int64, ok bool, err error) {
+	if r == nil {
+		return 0, false, fmt.Errorf("upm: merged: nil Region: %w", ErrClosed)
+	}
+	r.mu.Lock()
+	mem := r.mem
+	r.mu.Unlock()
+	if mem == nil {
+		return 0, false, fmt.Errorf("upm: merged %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+	}
+	return mergedBytes(mem, &smapsCache{})
+}
+
+// addrOf returns the address of b's first byte.
+func addrOf(b []byte) uintptr {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+}
+
+// callers returns the stack of the caller of the exported function that
+// calls it.
+func callers() []uintptr {
+	var pcs [64]uintptr
+	// Skip runtime.Callers, callers and the exported function.
+	n := runtime.Callers(3, pcs[:])
+	return append([]uintptr(nil), pcs[:n]...)
+}

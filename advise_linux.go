@@ -1,0 +1,171 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package upm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// adviseRetries bounds the retries of an madvise that fails with EAGAIN,
+// which MADV_UPM_MERGE returns when it meets a page in transition.
+const adviseRetries = 5
+
+// madvise applies advice to mem, retrying transient EAGAIN failures. The
+// advice is a named constant of x/sys/unix or, for MADV_UPM_MERGE, the
+// number the kernel published in sysfs, which x/sys cannot know; hence the
+// raw system call.
+func madvise(mem []byte, advice int) error {
+	for attempt := 0; ; attempt++ {
+		_, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(unsafe.Pointer(unsafe.SliceData(mem))), uintptr(len(mem)), uintptr(advice))
+		if errno == 0 {
+			return nil
+		}
+		if errno == unix.EAGAIN && attempt < adviseRetries {
+			time.Sleep(time.Duration(attempt+1) * time.Millisecond)
+			continue
+		}
+		return errno
+	}
+}
+
+func sysAdvise(mem []byte, d detection) error {
+	advice, name := unix.MADV_MERGEABLE, "MADV_MERGEABLE"
+	if d.backend == BackendUPM {
+		advice, name = d.advice, "MADV_UPM_MERGE"
+	}
+	if err := madvise(mem, advice); err != nil {
+		return fmt.Errorf("upm: advise %d bytes at %#x: %s: %w", len(mem), addrOf(mem), name, err)
+	}
+	return nil
+}
+
+func sysUnadvise(mem []byte) error {
+	if err := madvise(mem, unix.MADV_UNMERGEABLE); err != nil {
+		return fmt.Errorf("upm: unadvise %d bytes at %#x: MADV_UNMERGEABLE: %w", len(mem), addrOf(mem), err)
+	}
+	return nil
+}
+
+// sysMapped reports whether every page of mem is mapped: msync fails with
+// ENOMEM on a range with holes, and with MS_ASYNC does nothing else.
+func sysMapped(mem []byte) bool {
+	return !errors.Is(unix.Msync(mem, unix.MS_ASYNC), unix.ENOMEM)
+}
+
+// Bits of /proc/self/pagemap entries and /proc/kpageflags, from
+// Documentation/admin-guide/mm/pagemap.rst.
+const (
+	pagemapPresent = 1 << 63
+	pagemapPFNMask = 1<<55 - 1
+	kpfKSM         = 1 << 21
+)
+
+// smapsCache reads /proc/self/smaps once, when first needed, for counting
+// the merged bytes of several regions.
+type smapsCache struct {
+	vmas []vma
+	err  error
+	read bool
+}
+
+func (c *smapsCache) get() ([]vma, error) {
+	if !c.read {
+		c.vmas, c.err = readSmaps()
+		c.read = true
+	}
+	return c.vmas, c.err
+}
+
+// mergedBytes counts the bytes of mem backed by KSM pages: exactly from page
+// frame flags when the process may read them, else from the KSM lines of the
+// mappings in smaps.
+func mergedBytes(mem []byte, smaps *smapsCache) (int64, bool, error) {
+	if n, ok := pageFlagsMerged(mem); ok {
+		return n, true, nil
+	}
+	vmas, err := smaps.get()
+	if err != nil {
+		return 0, false, fmt.Errorf("upm: merged %d bytes at %#x: %w", len(mem), addrOf(mem), err)
+	}
+	lo := addrOf(mem)
+	hi := lo + uintptr(len(mem))
+	var merged int64
+	var covered uintptr
+	exact := true
+	for _, v := range overlapping(vmas, lo, hi) {
+		ksm, has := v.bytes("KSM")
+		if v.start < lo || v.end > hi || !has {
+			exact = false
+			continue
+		}
+		merged += ksm
+		covered += v.size()
+	}
+	return merged, exact && covered == hi-lo, nil
+}
+
+// pageFlagsMerged counts the KSM pages of mem from the page frame numbers in
+// /proc/self/pagemap and the flags in /proc/kpageflags. It reports false when
+// either is out of reach: page frame numbers read as zero without
+// CAP_SYS_ADMIN, and kpageflags is readable by root only.
+func pageFlagsMerged(mem []byte) (int64, bool) {
+	pagemap, err := os.Open(procPagemap)
+	if err != nil {
+		return 0, false
+	}
+	defer pagemap.Close()
+	kpageflags, err := os.Open(procKPageFlag)
+	if err != nil {
+		return 0, false
+	}
+	defer kpageflags.Close()
+
+	const chunk = 4096 // pages per pagemap read
+	var (
+		merged  int64
+		buf     = make([]byte, 8*chunk)
+		isKSM   = make(map[uint64]bool) // merged pages share frames
+		flagBuf [8]byte
+	)
+	first := addrOf(mem) / uintptr(pageSize)
+	pages := len(mem) / pageSize
+	for done := 0; done < pages; {
+		n := min(chunk, pages-done)
+		entries := buf[:8*n]
+		if _, err := pagemap.ReadAt(entries, int64(first+uintptr(done))*8); err != nil && !errors.Is(err, io.EOF) {
+			return 0, false
+		}
+		for i := range n {
+			entry := binary.NativeEndian.Uint64(entries[8*i:])
+			if entry&pagemapPresent == 0 {
+				continue
+			}
+			pfn := entry & pagemapPFNMask
+			if pfn == 0 {
+				return 0, false // frame numbers hidden: no CAP_SYS_ADMIN
+			}
+			ksm, seen := isKSM[pfn]
+			if !seen {
+				if _, err := kpageflags.ReadAt(flagBuf[:], int64(pfn)*8); err != nil {
+					return 0, false
+				}
+				ksm = binary.NativeEndian.Uint64(flagBuf[:])&kpfKSM != 0
+				isKSM[pfn] = ksm
+			}
+			if ksm {
+				merged += int64(pageSize)
+			}
+		}
+		done += n
+	}
+	return merged, true
+}

@@ -1,0 +1,24 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build !linux
+
+package upm
+
+import "fmt"
+
+func sysAdvise(mem []byte, d detection) error {
+	return fmt.Errorf("upm: advise %d bytes at %#x: %w", len(mem), addrOf(mem), d.err)
+}
+
+func sysUnadvise(mem []byte) error {
+	return fmt.Errorf("upm: unadvise %d bytes at %#x: %w", len(mem), addrOf(mem), BackendReason())
+}
+
+func sysMapped([]byte) bool { return true }
+
+type smapsCache struct{}
+
+func mergedBytes(mem []byte, _ *smapsCache) (int64, bool, error) {
+	return 0, false, fmt.Errorf("upm: merged %d bytes at %#x: %w", len(mem), addrOf(mem), BackendReason())
+}

@@ -1,0 +1,29 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build !linux
+
+package upm
+
+import "fmt"
+
+type sysFiles struct{}
+
+func systemFiles() sysFiles { return sysFiles{} }
+
+func diagnose(det detection, _ sysFiles, _ []*Region) Diagnosis {
+	return Diagnosis{
+		Backend:  det.backend,
+		Forced:   det.forced,
+		KSMRun:   -1,
+		Findings: []string{fmt.Sprintf("Nothing is merged: %v. Advise, AdviseFile and NewArena return errors wrapping ErrUnsupported; the data works as usual, unshared.", det.err)},
+	}
+}
+
+func diagnoseRegion(mem []byte, det detection) RegionDiagnosis {
+	return RegionDiagnosis{
+		Addr:     addrOf(mem),
+		Len:      len(mem),
+		Findings: []string{fmt.Sprintf("Nothing is merged: %v.", det.err)},
+	}
+}

@@ -1,0 +1,361 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package upm
+
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"sync"
+	"unsafe"
+)
+
+// FileOption configures AdviseFile.
+type FileOption func(*fileOptions)
+
+type fileOptions struct {
+	keepPageCache bool
+	maxSize       int64
+}
+
+// KeepPageCache makes AdviseFile leave the file's page cache alone, for files
+// that other processes map in place.
+func KeepPageCache() FileOption {
+	return func(o *fileOptions) { o.keepPageCache = true }
+}
+
+// MaxFileSize makes AdviseFile refuse files larger than n bytes, before it
+// allocates memory for them.
+func MaxFileSize(n int64) FileOption {
+	return func(o *fileOptions) { o.maxSize = n }
+}
+
+// Mapping is file data in memory, from AdviseFile or MapFile. It is safe for
+// concurrent use.
+type Mapping struct {
+	mu     sync.Mutex
+	mem    []byte // the whole mapping; nil when empty or closed
+	size   int    // bytes of the file
+	path   string
+	region *Region
+	closed bool
+}
+
+// AdviseFile reads the file at path into private anonymous memory, makes the
+// memory read-only and advises it as Advise does, then drops the file's page
+// cache (posix_fadvise POSIX_FADV_DONTNEED) so that, across instances, the one
+// merged copy is all that remains. Pages of the cache that another process
+// maps or that are dirty stay; KeepPageCache keeps all of them.
+//
+// The memory is mapped without transparent huge pages, which would have to
+// be split before they could merge. With BackendUPM the file's pages are
+// merged with the copies of other instances before AdviseFile returns.
+//
+// AdviseFile fails with an error wrapping ErrUnsupported where CurrentBackend
+// cannot merge pages (read the file with os.ReadFile there), with one wrapping
+// ErrTooSmall for an empty file, and with the os package's errors for a file
+// that cannot be opened (errors.Is(err, fs.ErrNotExist), fs.ErrPermission).
+// It reads only regular files, and fails if the file shrinks while it reads.
+func AdviseFile(path string, opts ...FileOption) (*Mapping, error) {
+	var o fileOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return adviseFile(path, o, callers())
+}
+
+// MapFile maps the file at path read-only into memory (mmap MAP_PRIVATE),
+// without copying it. The pages are the file's page cache, shared with every
+// process that maps or reads the file; they are not advised, and Region
+// returns nil. MapFile works on any Linux kernel, whatever the backend.
+//
+// The file may be removed or replaced while mapped. Truncating it makes
+// access past its new end fault with SIGBUS, as with any mmap.
+func MapFile(path string) (*Mapping, error) {
+	return mapFile(path)
+}
+
+// Bytes returns the file's data, or nil after Close. The memory is read-only:
+// a write to it faults (SIGSEGV), and so does any access after Close.
+func (m *Mapping) Bytes() []byte {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	if m.mem == nil {
+		return []byte{}
+	}
+	return m.mem[:m.size:m.size]
+}
+
+// Len returns the size of the file's data in bytes.
+func (m *Mapping) Len() int {
+	if m == nil {
+		return 0
+	}
+	return m.size
+}
+
+// Region returns the advised memory of an AdviseFile Mapping, which spans the
+// data rounded up to whole pages, or nil for a MapFile Mapping.
+func (m *Mapping) Region() *Region {
+	if m == nil {
+		return nil
+	}
+	return m.region
+}
+
+// Close unmaps the memory. Slices from Bytes must not be used afterwards.
+// Unmapping releases merged pages without copying them. A second Close
+// returns an error wrapping ErrClosed and does nothing else.
+func (m *Mapping) Close() error {
+	if m == nil {
+		return fmt.Errorf("upm: close nil Mapping: %w", ErrClosed)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("upm: close mapping of %s: %w", m.path, ErrClosed)
+	}
+	m.closed = true
+	if m.region != nil {
+		m.region.release()
+	}
+	if m.mem == nil {
+		return nil
+	}
+	mem := m.mem
+	m.mem = nil
+	if err := munmap(mem); err != nil {
+		return fmt.Errorf("upm: close mapping of %s: %w", m.path, err)
+	}
+	return nil
+}
+
+// arenaAlign is the alignment of Alloc, that of the largest scalar type.
+const arenaAlign = 16
+
+// Arena is off-heap, page-aligned memory to build shared data in: allocate
+// from it, fill the allocations, then Seal it, which advises the memory and
+// makes it read-only. The garbage collector does not scan or free arena
+// memory, so it must not hold Go pointers; ArenaSlice refuses element types
+// that contain them. An Arena is safe for concurrent use.
+type Arena struct {
+	mu     sync.Mutex
+	mem    []byte // nil after Close
+	used   int
+	region *Region
+	sealed bool
+}
+
+// NewArena maps an arena of size bytes, rounded up to whole pages, of private
+// anonymous memory, zeroed, without transparent huge pages (which would have
+// to be split before they could merge). Pages cost memory only once written.
+//
+// It fails for a size that is not positive, for one the kernel cannot map
+// (errors.Is(err, unix.ENOMEM)), and, outside Linux, with an error wrapping
+// ErrUnsupported. NewArena works whatever the backend; Seal needs one.
+func NewArena(size int) (*Arena, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("upm: new arena of %d bytes: size must be positive", size)
+	}
+	if size > math.MaxInt-pageSize {
+		return nil, fmt.Errorf("upm: new arena of %d bytes: too large", size)
+	}
+	mem, err := mmapAnon(size)
+	if err != nil {
+		return nil, fmt.Errorf("upm: new arena of %d bytes: %w", size, err)
+	}
+	return &Arena{mem: mem}, nil
+}
+
+// Bytes returns all of the arena's memory, Cap bytes, or nil after Close.
+// Alloc hands out parts of the same memory, so code that uses Bytes directly
+// should not also use Alloc. After Seal the memory is read-only: a write to
+// it faults (SIGSEGV), and so does any access after Close.
+func (a *Arena) Bytes() []byte {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mem
+}
+
+// Cap returns the size of the arena in bytes, a multiple of the page size.
+func (a *Arena) Cap() int {
+	if a == nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return cap(a.mem)
+}
+
+// Len returns the bytes handed out by Alloc and ArenaSlice, alignment
+// padding included.
+func (a *Arena) Len() int {
+	if a == nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.used
+}
+
+// Alloc returns n zeroed bytes of the arena, aligned to 16 bytes. It fails
+// with an error wrapping ErrArenaFull when fewer than n bytes are left,
+// ErrSealed after Seal, and ErrClosed after Close.
+func (a *Arena) Alloc(n int) ([]byte, error) {
+	p, err := a.alloc(n, arenaAlign, "alloc %d bytes", n)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*byte)(p), n), nil
+}
+
+// ArenaSlice returns a slice of n zeroed elements of type T in the arena,
+// aligned for T. T must hold no Go pointers (no pointers, strings, slices,
+// maps, channels, functions or interfaces), as the garbage collector does not
+// see arena memory; ArenaSlice returns an error for such a T. Other errors
+// are those of Alloc.
+func ArenaSlice[T any](a *Arena, n int) ([]T, error) {
+	t := reflect.TypeFor[T]()
+	if p := pointerType(t); p != nil {
+		return nil, fmt.Errorf("upm: arena slice of %d %v: %v holds Go pointers (%v), which the garbage collector does not see in arena memory", n, t, t, p)
+	}
+	size := int(t.Size())
+	if size == 0 {
+		if n < 0 {
+			return nil, fmt.Errorf("upm: arena slice of %d %v: negative length", n, t)
+		}
+		return make([]T, n), nil
+	}
+	if n > math.MaxInt/size {
+		return nil, fmt.Errorf("upm: arena slice of %d %v: %w", n, t, ErrArenaFull)
+	}
+	p, err := a.alloc(n*size, t.Align(), "arena slice of %d %v", n, t)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*T)(p), n), nil
+}
+
+// alloc carves n bytes aligned to align out of the arena; what describes the
+// request in errors.
+func (a *Arena) alloc(n, align int, what string, args ...any) (unsafe.Pointer, error) {
+	if a == nil {
+		return nil, fmt.Errorf("upm: "+what+": nil Arena: %w", append(args, ErrClosed)...)
+	}
+	if n < 0 {
+		return nil, fmt.Errorf("upm: "+what+": negative size", args...)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.mem == nil:
+		return nil, fmt.Errorf("upm: "+what+": %w", append(args, ErrClosed)...)
+	case a.sealed:
+		return nil, fmt.Errorf("upm: "+what+": %w", append(args, ErrSealed)...)
+	}
+	start := (a.used + align - 1) &^ (align - 1)
+	if start > len(a.mem) || n > len(a.mem)-start {
+		return nil, fmt.Errorf("upm: "+what+": %d of %d bytes left: %w", append(args, len(a.mem)-min(start, len(a.mem)), len(a.mem), ErrArenaFull)...)
+	}
+	if n == 0 {
+		return unsafe.Pointer(unsafe.SliceData(a.mem)), nil
+	}
+	a.used = start + n
+	return unsafe.Pointer(&a.mem[start]), nil
+}
+
+// Seal makes the whole arena read-only (mprotect PROT_READ) and advises it as
+// Advise does; pages never written are not present and cost nothing. Writes
+// after Seal fault with SIGSEGV rather than corrupt shared data. The Region
+// lives until Close, or until Unadvise if that comes first.
+//
+// Seal fails with an error wrapping ErrSealed the second time, ErrClosed
+// after Close, and ErrUnsupported where CurrentBackend cannot merge pages; a
+// Seal that fails leaves the arena writable and unadvised.
+func (a *Arena) Seal() (*Region, error) {
+	stack := callers()
+	if a == nil {
+		return nil, fmt.Errorf("upm: seal nil Arena: %w", ErrClosed)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.mem == nil:
+		return nil, fmt.Errorf("upm: seal arena: %w", ErrClosed)
+	case a.sealed:
+		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), ErrSealed)
+	}
+	d := currentDetection()
+	if d.err != nil {
+		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), d.err)
+	}
+	if err := protect(a.mem, false); err != nil {
+		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), err)
+	}
+	if err := sysAdvise(a.mem, d); err != nil {
+		if perr := protect(a.mem, true); perr != nil {
+			return nil, fmt.Errorf("%w (and the arena stays read-only: %v)", err, perr)
+		}
+		return nil, err
+	}
+	a.sealed = true
+	a.region = newRegion(a.mem, d.backend, kindArena, "", stack)
+	return a.region, nil
+}
+
+// Close unmaps the arena. Slices from Bytes, Alloc and ArenaSlice must not be
+// used afterwards. Unmapping releases merged pages without copying them. A
+// second Close returns an error wrapping ErrClosed and does nothing else.
+func (a *Arena) Close() error {
+	if a == nil {
+		return fmt.Errorf("upm: close nil Arena: %w", ErrClosed)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.mem == nil {
+		return fmt.Errorf("upm: close arena: %w", ErrClosed)
+	}
+	if a.region != nil {
+		a.region.release()
+	}
+	mem := a.mem
+	a.mem = nil
+	if err := munmap(mem); err != nil {
+		return fmt.Errorf("upm: close arena of %d bytes at %#x: %w", len(mem), addrOf(mem), err)
+	}
+	return nil
+}
+
+// pointerType returns the type within t that makes values of t hold pointers
+// the garbage collector must see, or nil if they hold none.
+func pointerType(t reflect.Type) reflect.Type {
+	switch t.Kind() {
+	case reflect.Array:
+		if t.Len() == 0 {
+			return nil
+		}
+		return pointerType(t.Elem())
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if p := pointerType(t.Field(i).Type); p != nil {
+				return p
+			}
+		}
+		return nil
+	case reflect.Pointer, reflect.UnsafePointer, reflect.String, reflect.Slice,
+		reflect.Map, reflect.Chan, reflect.Func, reflect.Interface:
+		return t
+	default:
+		return nil
+	}
+}
