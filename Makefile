@@ -1,0 +1,59 @@
+# The README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+BUILD ?= $(CURDIR)/build
+GO ?= go
+KERNEL_PLAIN := $(BUILD)/kernel-plain/arch/x86/boot/bzImage
+KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
+# QEMU under TCG: KVM guests die on our machines (see kernel/README.md).
+VMTEST_QEMU ?= qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2
+export VMTEST_QEMU
+
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo clean
+
+all: test
+
+## test: every test: host tests, kernel builds, the tests inside the VM on the
+## plain and the debug (lockdep, DEBUG_VM, KASAN) kernel.
+test: test-host test-vm test-vm-debug
+
+## test-host: vet, formatting and the Go tests that run on any Linux host.
+test-host: check
+	$(GO) test -count=1 ./...
+
+check:
+	@echo "== gofmt, go vet"
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	cd vmtest && $(GO) vet ./...
+
+kernel:
+	kernel/build.sh plain
+
+kernel-debug:
+	kernel/build.sh debug
+
+## test-vm: boot the plain UPM kernel and run the Go tests inside it.
+test-vm: kernel
+	@mkdir -p $(BUILD)/results/plain
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/plain \
+		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
+
+## test-vm-debug: the same tests on the debug kernel; any lockdep, KASAN or
+## DEBUG_VM report fails the run.
+test-vm-debug: kernel-debug
+	@mkdir -p $(BUILD)/results/debug
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_DEBUG) UPM_RESULTS_DIR=$(BUILD)/results/debug \
+		UPM_KERNEL_FLAVOUR=debug $(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
+
+## vm: boot the plain kernel and run chosen guest tests, e.g.
+##   make vm RUN=TestUPMMergesAtOnce
+vm: kernel
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_TEST_RUN='$(RUN)' \
+		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
+
+## demo: the main job (see README.md).
+demo:
+	$(GO) run ./examples/ksmdemo
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,269 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// upmCounters is a snapshot of /sys/kernel/mm/upm.
+type upmCounters struct {
+	advised, mergedStable, mergedNew, skipped, candidates int64
+}
+
+func readUPM(t *testing.T) upmCounters {
+	return upmCounters{
+		advised:      readCounter(t, upmDir, "pages_advised"),
+		mergedStable: readCounter(t, upmDir, "pages_merged_stable"),
+		mergedNew:    readCounter(t, upmDir, "pages_merged_new"),
+		skipped:      readCounter(t, upmDir, "pages_skipped"),
+		candidates:   readCounter(t, upmDir, "candidates"),
+	}
+}
+
+func (c upmCounters) sub(o upmCounters) upmCounters {
+	return upmCounters{c.advised - o.advised, c.mergedStable - o.mergedStable,
+		c.mergedNew - o.mergedNew, c.skipped - o.skipped, c.candidates - o.candidates}
+}
+
+// upmTest stops ksmd for the test, so that everything merged is merged by
+// MADV_UPM_MERGE, and checks at the end that every KSM and UPM counter is
+// back to zero once all the test's processes have exited.
+func upmTest(t *testing.T) {
+	t.Helper()
+	requireUPM(t)
+	setKSM(t, map[string]string{"run": "0"})
+	require.Zero(t, readCounter(t, upmDir, "candidates"), "a previous test left candidates")
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		c := readKSM(t)
+		assert.Equal(t, ksmCounters{}, c, "KSM counters after every process exited: %s", c)
+		assert.Zero(t, readCounter(t, upmDir, "candidates"), "UPM candidates after every process exited")
+	})
+}
+
+// TestUPMMergesAtOnce is the paper's case: 16 instances each advise the same
+// 32 MiB plus 1 MiB of their own. With ksmd stopped, every duplicate page is
+// merged when the last madvise returns.
+func TestUPMMergesAtOnce(t *testing.T) {
+	upmTest(t)
+	const workers, shared, unique = 16, 8192, 256
+	before := readUPM(t)
+
+	var ws []*worker
+	for i := 0; i < workers; i++ {
+		w := startWorker(t)
+		w.must("map %d %d %d", shared, unique, 1000+i)
+		require.Equal(t, "upm", w.must("advise 0 %d", shared+unique))
+		ws = append(ws, w)
+	}
+
+	// No waiting: the counters are final when the last advise returned.
+	c := readKSM(t)
+	assert.Equal(t, int64(shared), c.shared, "one KSM page per duplicated page: %s", c)
+	assert.Equal(t, int64((workers-1)*shared), c.sharing, "%s", c)
+	assert.Equal(t, int64(workers*unique), c.unshared, "unique pages wait as candidates: %s", c)
+	d := readUPM(t).sub(before)
+	assert.Equal(t, int64(workers*(shared+unique)), d.advised)
+	assert.Equal(t, int64(2*shared), d.mergedNew, "the second instance pairs with the first")
+	assert.Equal(t, int64((workers-2)*shared), d.mergedStable, "later instances join the KSM pages")
+	assert.Equal(t, int64(workers*unique), d.candidates)
+	assert.Zero(t, d.skipped)
+
+	for _, w := range ws {
+		assert.Equal(t, int64(shared), w.mustInt("stat"), "ksm_merging_pages")
+		assert.Equal(t, int64(shared*pageSize), w.mustInt("merged"), "Region.Merged")
+		w.must("check")
+	}
+
+	// A write gives the writer its own copy and leaves the others alone.
+	ws[5].must("write 7")
+	for _, w := range ws {
+		w.must("check")
+	}
+	assert.Equal(t, int64((shared-1)*pageSize), ws[5].mustInt("merged"))
+	assert.Equal(t, int64(shared), ws[4].mustInt("stat"))
+
+	// Exit while others still share: their pages and data stay.
+	ws[0].exit()
+	ws[1].must("unmap 0 100")
+	for _, w := range ws[1:] {
+		w.must("check")
+	}
+	assert.Equal(t, int64(shared), ws[2].mustInt("stat"))
+	for _, w := range ws[1:] {
+		w.exit()
+	}
+}
+
+// TestUPMUnmergeable checks that MADV_UNMERGEABLE undoes the merge at once
+// and that KSM's counters follow, with ksmd stopped.
+func TestUPMUnmergeable(t *testing.T) {
+	upmTest(t)
+	const shared = 512
+	a, b := startWorker(t), startWorker(t)
+	for i, w := range []*worker{a, b} {
+		w.must("map %d 0 %d", shared, i)
+		w.must("advise 0 %d", shared)
+	}
+	require.Equal(t, ksmCounters{shared: shared, sharing: shared}, readKSM(t))
+
+	b.must("unadvise")
+	assert.Equal(t, int64(0), b.mustInt("stat"))
+	// a's pages are still KSM pages, now mapped once: pages_shared counts
+	// them until a unmerges or exits.
+	assert.Equal(t, ksmCounters{shared: shared}, readKSM(t))
+	a.must("check")
+	b.must("check")
+
+	// Advising again merges again.
+	b.must("advise 0 %d", shared)
+	assert.Equal(t, ksmCounters{shared: shared, sharing: shared}, readKSM(t))
+	a.exit()
+	b.exit()
+}
+
+// TestUPMChangedBetweenAdvises: a page written after it was advised must not
+// merge with the content it had; the rest of the range still merges.
+func TestUPMChangedBetweenAdvises(t *testing.T) {
+	upmTest(t)
+	const shared = 256
+	a, b := startWorker(t), startWorker(t)
+	a.must("map %d 0 1", shared)
+	b.must("map %d 0 2", shared)
+	a.must("advise 0 %d", shared)
+	a.must("write 10") // a's page 10 is now unlike b's page 10
+	b.must("advise 0 %d", shared)
+
+	assert.Equal(t, int64(shared-1), a.mustInt("stat"))
+	assert.Equal(t, int64(shared-1), b.mustInt("stat"))
+	a.must("check")
+	b.must("check")
+	a.exit()
+	b.exit()
+}
+
+// TestUPMSparseAndZero: absent pages are skipped (not populated), pages
+// written with zeros merge like any other content.
+func TestUPMSparseAndZero(t *testing.T) {
+	upmTest(t)
+	const shared = 256
+	a, b := startWorker(t), startWorker(t)
+	a.must("map %d 0 1 sparse", shared)
+	b.must("map %d 0 2 sparse", shared)
+	a.must("advise 0 %d", shared)
+	b.must("advise 0 %d", shared)
+	assert.Equal(t, int64(shared/2), a.mustInt("stat"), "only the present (even) pages merge")
+	assert.Equal(t, int64(shared/2), b.mustInt("stat"))
+	a.must("check")
+	b.must("check")
+	a.exit()
+	b.exit()
+
+	z1, z2 := startWorker(t), startWorker(t)
+	z1.must("map %d 0 3 zero", shared)
+	z2.must("map %d 0 4 zero", shared)
+	z1.must("advise 0 %d", shared)
+	z2.must("advise 0 %d", shared)
+	// All 2*256 zero-filled pages have the same content: they share as
+	// few KSM pages as max_page_sharing (mappings per KSM page) allows.
+	perPage := readCounter(t, ksmDir, "max_page_sharing")
+	kpages := (2*shared + perPage - 1) / perPage
+	assert.Equal(t, ksmCounters{shared: kpages, sharing: 2*shared - kpages}, readKSM(t))
+	z1.must("check")
+	z2.must("check")
+	z1.exit()
+	z2.exit()
+}
+
+// TestUPMTransparentHugePages: THP-backed ranges are split and merged.
+func TestUPMTransparentHugePages(t *testing.T) {
+	upmTest(t)
+	const shared = 1024 // 4 MiB: two huge pages
+	a, b := startWorker(t), startWorker(t)
+	a.must("map %d 0 1 hugepage", shared)
+	b.must("map %d 0 2 hugepage", shared)
+	a.must("advise 0 %d", shared)
+	b.must("advise 0 %d", shared)
+	assert.Equal(t, int64(shared), a.mustInt("stat"))
+	assert.Equal(t, int64(shared), b.mustInt("stat"))
+	a.must("check")
+	b.must("check")
+	a.exit()
+	b.exit()
+}
+
+// TestUPMErrors: the kernel's documented errnos for bad arguments, and
+// nothing merged or lost on the way.
+func TestUPMErrors(t *testing.T) {
+	upmTest(t)
+	advice := int(readCounter(t, upmDir, "advice"))
+	w := startWorker(t)
+	addr, err := strconv.ParseUint(w.must("map 16 0 1"), 0, 64)
+	require.NoError(t, err)
+
+	assert.Equal(t, "EINVAL", w.must("madvise-at %d %#x %d", advice, addr+1, pageSize), "misaligned start")
+	assert.Equal(t, "0", w.must("madvise-at %d %#x %d", advice, addr, 0), "empty range")
+	w.must("unmap 8 4")
+	assert.Equal(t, "ENOMEM", w.must("madvise %d 0 16", advice), "a hole in the range")
+	assert.Equal(t, "EINVAL", w.must("madvise %d 0 4", 12345), "an advice no kernel knows")
+	w.must("check")
+
+	// Shared memory is not KSM's: MADV_MERGEABLE ignores it silently,
+	// MADV_UPM_MERGE says so.
+	mem, err := unix.Mmap(-1, 0, 4*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	require.NoError(t, err)
+	defer unix.Munmap(mem)
+	err = unix.Madvise(mem, advice)
+	assert.ErrorIs(t, err, unix.EINVAL, "MAP_SHARED")
+	w.exit()
+}
+
+// TestUPMCountersMatchProcesses: KSM's global counters are the sum of what
+// the processes see, and unique pages are held as candidates.
+func TestUPMCountersMatchProcesses(t *testing.T) {
+	upmTest(t)
+	const workers, shared = 3, 300
+	var ws []*worker
+	for i := 0; i < workers; i++ {
+		w := startWorker(t)
+		w.must("map %d 10 %d", shared, i+10)
+		w.must("advise 0 %d", shared+10)
+		ws = append(ws, w)
+	}
+	var merging int64
+	for _, w := range ws {
+		merging += w.mustInt("stat")
+	}
+	c := readKSM(t)
+	assert.Equal(t, c.shared+c.sharing, merging, "KSM's global counters are the sum of the processes': %s", c)
+	assert.Equal(t, int64(workers*10), readCounter(t, upmDir, "candidates"))
+	for _, w := range ws {
+		w.exit()
+	}
+}
+
+// TestUPMSelftest runs the kselftest-style C test (fork, exit while shared,
+// MADV_UNMERGEABLE, errnos), built by kernel/build.sh and put into the
+// guest's /bin by the VM rig.
+func TestUPMSelftest(t *testing.T) {
+	upmTest(t)
+	const bin = "/bin/upm_functional_tests"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not in this guest: kernel/build.sh builds it (make test)", bin)
+	}
+	out, err := exec.Command(bin).CombinedOutput()
+	t.Logf("%s:\n%s", bin, out)
+	require.NoError(t, err)
+	require.Contains(t, string(out), "# Totals: pass:5 fail:0")
+}

@@ -1,0 +1,328 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package integration
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/upm-project/upm"
+)
+
+// A worker is this test binary re-executed as a separate process: one
+// instance of a function that owns memory, advises it and answers questions
+// about it. The test drives it line by line over stdin and stdout.
+//
+// Commands (one per line, answered by "ok ..." or "err ..."):
+//
+//	map SHARED_PAGES UNIQUE_PAGES SEED FLAGS   mmap private anonymous memory and fill it
+//	advise FIRST N                             upm.Advise pages [FIRST, FIRST+N)
+//	madvise ADVICE FIRST N                     raw madvise, answers the errno name
+//	unadvise                                   Region.Unadvise
+//	write PAGE                                 change one byte of a page
+//	check                                      verify every page against what it should hold
+//	merged                                     Region.Merged in bytes
+//	stat                                       ksm_merging_pages from /proc/self/ksm_stat
+//	unmap FIRST N                              munmap pages
+//	exit
+//
+// FLAGS is a comma-separated list: "hugepage" (MADV_HUGEPAGE before filling),
+// "sparse" (touch only even pages), "zero" (shared part left as written zeros).
+const workerEnv = "UPM_INTEGRATION_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" {
+		os.Exit(runWorker(os.Stdin, os.Stdout))
+	}
+	// make vm RUN=... chooses the tests through the guest's environment.
+	flag.Parse()
+	if run := os.Getenv("UPM_TEST_RUN"); run != "" {
+		_ = flag.Set("test.run", run)
+	}
+	os.Exit(m.Run())
+}
+
+const pageSize = 4096
+
+// fillPage writes the content page index i of a stream with seed has. The
+// shared part of every worker uses the same seed, so it is identical across
+// workers and distinct from page to page.
+func fillPage(p []byte, seed uint64, i int) {
+	x := seed*0x9E3779B97F4A7C15 + uint64(i)*0xBF58476D1CE4E5B9 + 1
+	for off := 0; off < len(p); off += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(p[off:], x)
+	}
+}
+
+type workerState struct {
+	mem     []byte
+	shared  int
+	unique  int
+	seed    uint64
+	flags   map[string]bool
+	region  *upm.Region
+	written map[int]byte
+	unmaped map[int]bool
+}
+
+// expected returns what page i should hold, or nil for an untouched page.
+func (w *workerState) expected(i int) []byte {
+	p := make([]byte, pageSize)
+	if w.flags["sparse"] && i%2 == 1 {
+		return p // never written: reads as zero
+	}
+	switch {
+	case i < w.shared && w.flags["zero"]:
+	case i < w.shared:
+		fillPage(p, 1, i)
+	default:
+		fillPage(p, w.seed, i)
+	}
+	if v, ok := w.written[i]; ok {
+		p[100] = v
+	}
+	return p
+}
+
+func runWorker(in io.Reader, out io.Writer) int {
+	w := &workerState{written: map[int]byte{}, unmaped: map[int]bool{}}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		reply, err := w.do(f)
+		if err != nil {
+			fmt.Fprintf(out, "err %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		} else {
+			fmt.Fprintf(out, "ok %s\n", reply)
+		}
+		if f[0] == "exit" {
+			return 0
+		}
+	}
+	return 0
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+func (w *workerState) pages(first, n int) []byte {
+	return w.mem[first*pageSize : (first+n)*pageSize]
+}
+
+func (w *workerState) do(f []string) (string, error) {
+	switch f[0] {
+	case "map":
+		w.shared, w.unique = atoi(f[1]), atoi(f[2])
+		w.seed, _ = strconv.ParseUint(f[3], 10, 64)
+		w.flags = map[string]bool{}
+		if len(f) > 4 {
+			for _, fl := range strings.Split(f[4], ",") {
+				w.flags[fl] = true
+			}
+		}
+		total := (w.shared + w.unique) * pageSize
+		align := 0
+		if w.flags["hugepage"] {
+			align = 2 << 20
+		}
+		mem, err := unix.Mmap(-1, 0, total+align, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return "", err
+		}
+		if align > 0 {
+			// Start on a huge-page boundary so THPs can back it.
+			addr := uintptrOf(mem)
+			skip := int((uintptr(align) - addr%uintptr(align)) % uintptr(align))
+			mem = mem[skip : skip+total]
+			if err := unix.Madvise(mem, unix.MADV_HUGEPAGE); err != nil {
+				return "", fmt.Errorf("MADV_HUGEPAGE: %w", err)
+			}
+		}
+		w.mem = mem
+		for i := 0; i < w.shared+w.unique; i++ {
+			if w.flags["sparse"] && i%2 == 1 {
+				continue
+			}
+			copy(w.pages(i, 1), w.expected(i))
+		}
+		return fmt.Sprint(addrOf(w.mem)), nil
+	case "advise":
+		r, err := upm.Advise(w.pages(atoi(f[1]), atoi(f[2])))
+		if err != nil {
+			return "", err
+		}
+		w.region = r
+		return r.Backend().String(), nil
+	case "madvise":
+		err := unix.Madvise(w.pages(atoi(f[2]), atoi(f[3])), atoi(f[1]))
+		if err == nil {
+			return "0", nil
+		}
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			return unix.ErrnoName(errno), nil
+		}
+		return "", err
+	case "madvise-at":
+		// madvise at an address and length of our choosing (misaligned, say).
+		addr, _ := strconv.ParseUint(f[2], 0, 64)
+		_, _, e := unix.Syscall(unix.SYS_MADVISE, uintptr(addr), uintptr(atoi(f[3])), uintptr(atoi(f[1])))
+		if e == 0 {
+			return "0", nil
+		}
+		return unix.ErrnoName(e), nil
+	case "unadvise":
+		if w.region == nil {
+			return "", errors.New("nothing advised")
+		}
+		return "", w.region.Unadvise()
+	case "write":
+		i := atoi(f[1])
+		v := byte(time.Now().UnixNano()) | 1
+		if old, ok := w.written[i]; ok && old == v {
+			v++
+		}
+		w.mem[i*pageSize+100] = v
+		w.written[i] = v
+		return "", nil
+	case "check":
+		bad := 0
+		for i := 0; i < w.shared+w.unique; i++ {
+			if w.unmaped[i] {
+				continue
+			}
+			if string(w.pages(i, 1)) != string(w.expected(i)) {
+				bad++
+			}
+		}
+		if bad > 0 {
+			return "", fmt.Errorf("%d pages differ from what was written", bad)
+		}
+		return fmt.Sprint(w.shared + w.unique - len(w.unmaped)), nil
+	case "merged":
+		if w.region == nil {
+			return "", errors.New("nothing advised")
+		}
+		n, ok, err := w.region.Merged()
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", errors.New("merged bytes unknown")
+		}
+		return fmt.Sprint(n), nil
+	case "stat":
+		b, err := os.ReadFile("/proc/self/ksm_stat")
+		if err != nil {
+			return "", err
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "ksm_merging_pages "); ok {
+				return v, nil
+			}
+		}
+		return "", errors.New("no ksm_merging_pages in /proc/self/ksm_stat")
+	case "unmap":
+		first, n := atoi(f[1]), atoi(f[2])
+		// Part of a mapping: unix.Munmap only takes whole ones.
+		p := w.pages(first, n)
+		if err := unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(p)), uintptr(len(p))); err != nil {
+			return "", err
+		}
+		for i := first; i < first+n; i++ {
+			w.unmaped[i] = true
+		}
+		return "", nil
+	case "exit":
+		return "", nil
+	}
+	return "", fmt.Errorf("unknown command %q", f[0])
+}
+
+// worker is the test's handle on a worker process.
+type worker struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// startWorker starts a worker with the given extra environment (e.g. a
+// forced backend); it is killed when the test ends.
+func startWorker(t *testing.T, env ...string) *worker {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), workerEnv+"=1"), env...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	outPipe, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	w := &worker{t: t, cmd: cmd, in: in, out: bufio.NewScanner(outPipe)}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return w
+}
+
+// call sends one command and returns the reply, or the worker's error.
+func (w *worker) call(format string, args ...any) (string, error) {
+	w.t.Helper()
+	line := fmt.Sprintf(format, args...)
+	if _, err := fmt.Fprintln(w.in, line); err != nil {
+		return "", fmt.Errorf("worker %d: %s: %w", w.cmd.Process.Pid, line, err)
+	}
+	if !w.out.Scan() {
+		return "", fmt.Errorf("worker %d: %s: no reply (%v)", w.cmd.Process.Pid, line, w.out.Err())
+	}
+	reply := w.out.Text()
+	if v, ok := strings.CutPrefix(reply, "ok"); ok {
+		return strings.TrimSpace(v), nil
+	}
+	return "", fmt.Errorf("worker %d: %s: %s", w.cmd.Process.Pid, line, strings.TrimPrefix(reply, "err "))
+}
+
+// must is call that fails the test on an error.
+func (w *worker) must(format string, args ...any) string {
+	w.t.Helper()
+	reply, err := w.call(format, args...)
+	require.NoError(w.t, err)
+	return reply
+}
+
+// mustInt is must for replies that are a number.
+func (w *worker) mustInt(format string, args ...any) int64 {
+	w.t.Helper()
+	v, err := strconv.ParseInt(w.must(format, args...), 10, 64)
+	require.NoError(w.t, err)
+	return v
+}
+
+// exit asks the worker to end and waits for it.
+func (w *worker) exit() {
+	w.t.Helper()
+	w.must("exit")
+	require.NoError(w.t, w.cmd.Wait())
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# build.sh FLAVOUR - build a bootable UPM guest kernel from Debian's
+# linux-source-6.12.
+#
+#   FLAVOUR  plain  base.config + upm.config            (default)
+#            debug  plain + debug.config (lockdep, DEBUG_VM, KASAN, ...)
+#            stock  base.config only, no UPM patches     (for comparisons)
+#
+# Everything lands in build/ (ignored by git):
+#   build/linux-<version>/      the extracted, patched source (never built in)
+#   build/kernel-<flavour>/     the O= output; arch/x86/boot/bzImage is the result
+#
+# The source is extracted once; the patch series in kernel/patches/ is applied
+# in order and re-applied only when it changes; the files under kernel/src/
+# are copied into the tree only when they differ, so make rebuilds only what
+# changed. Builds use ccache when it is installed.
+set -euo pipefail
+
+flavour=${1:-plain}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+build=${UPM_BUILD_DIR:-$repo/build}
+jobs=${UPM_JOBS:-$(nproc)}
+
+log() { printf '[kernel %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case "$flavour" in
+plain) fragments=(base.config upm.config) patched=1 ;;
+debug) fragments=(base.config upm.config debug.config) patched=1 ;;
+stock) fragments=(base.config) patched=0 ;;
+*) die "unknown flavour '$flavour' (plain, debug or stock)" ;;
+esac
+
+# Tools and the kernel source come from Debian's archive.
+need_pkgs=()
+command -v gcc >/dev/null || need_pkgs+=(gcc)
+command -v make >/dev/null || need_pkgs+=(make)
+command -v flex >/dev/null || need_pkgs+=(flex)
+command -v bison >/dev/null || need_pkgs+=(bison)
+command -v bc >/dev/null || need_pkgs+=(bc)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+command -v patch >/dev/null || need_pkgs+=(patch)
+[ -e /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
+[ -e /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
+[ -e /usr/src/linux-source-6.12.tar.xz ] || need_pkgs+=(linux-source-6.12)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: install them with apt-get (needs root)"
+	log "installing ${need_pkgs[*]} from apt"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+version=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo unknown)
+tarball=/usr/src/linux-source-6.12.tar.xz
+src=$build/linux-source-6.12
+mkdir -p "$build"
+
+# The stamp records which Debian package the tree came from; a new package
+# version means a fresh extraction.
+if [ ! -f "$src/.upm-debian-version" ] || [ "$(cat "$src/.upm-debian-version")" != "$version" ]; then
+	log "extracting linux-source-6.12 $version (about 20 s)"
+	rm -rf "$src" "$build"/applied-patches
+	tar -C "$build" -xf "$tarball"
+	echo "$version" >"$src/.upm-debian-version"
+	mkdir -p "$build/applied-patches"
+fi
+
+# Patches: undo the series that is applied if it differs from kernel/patches,
+# then apply the new one. Stock builds need a pristine tree, so they get
+# their own copy of the source.
+want_series() { if [ "$patched" = 1 ]; then ls "$here"/patches/*.patch 2>/dev/null || true; fi; }
+if [ "$patched" = 0 ]; then
+	stock_src=$build/linux-source-6.12-stock
+	if [ ! -d "$stock_src" ]; then
+		log "extracting a pristine copy for the stock kernel"
+		mkdir -p "$build/stock-tmp"
+		tar -C "$build/stock-tmp" -xf "$tarball"
+		mv "$build/stock-tmp/linux-source-6.12" "$stock_src"
+		rmdir "$build/stock-tmp"
+	fi
+	src=$stock_src
+else
+	applied=$build/applied-patches
+	mkdir -p "$applied"
+	same=1
+	want=$(want_series | xargs -r -n1 basename | sort)
+	have=$(ls "$applied" 2>/dev/null | sort)
+	if [ "$want" != "$have" ]; then
+		same=0
+	else
+		for p in $want; do
+			cmp -s "$here/patches/$p" "$applied/$p" || same=0
+		done
+	fi
+	if [ "$same" = 0 ]; then
+		for p in $(ls "$applied" | sort -r); do
+			log "reverting $p"
+			patch -d "$src" -p1 -R -s --no-backup-if-mismatch <"$applied/$p" ||
+				die "could not revert $p: remove $build and rebuild"
+			rm "$applied/$p"
+		done
+		for p in $want; do
+			log "applying $p"
+			patch -d "$src" -p1 -s -F0 --no-backup-if-mismatch <"$here/patches/$p" ||
+				die "$p does not apply to linux-source-6.12 $version"
+			cp "$here/patches/$p" "$applied/$p"
+		done
+	fi
+	# New files of the UPM series: copy only what differs, so that make
+	# sees unchanged timestamps for everything else.
+	if [ -d "$here/src" ]; then
+		(cd "$here/src" && find . -type f) | while read -r f; do
+			mkdir -p "$(dirname "$src/$f")"
+			cmp -s "$here/src/$f" "$src/$f" || cp "$here/src/$f" "$src/$f"
+		done
+	fi
+fi
+
+out=$build/kernel-$flavour
+mkdir -p "$out"
+cc=gcc
+# ccache pays off for rebuilds on a developer's machine; a CI run starts
+# cold, where it only adds a preprocessor pass to every file.
+if [ -z "${CI:-}" ] && command -v ccache >/dev/null; then cc="ccache gcc"; fi
+
+# The kselftest-style C test, static so that it runs in the bare guest.
+if [ "$patched" = 1 ]; then
+	selftest=$src/tools/testing/selftests/mm/upm_functional_tests.c
+	mkdir -p "$build/selftests"
+	if [ ! -x "$build/selftests/upm_functional_tests" ] || [ "$selftest" -nt "$build/selftests/upm_functional_tests" ]; then
+		log "building the UPM selftest"
+		gcc -O2 -Wall -Werror -static -o "$build/selftests/upm_functional_tests" "$selftest" ||
+			die "the UPM selftest does not build"
+	fi
+fi
+
+# Configuration: tinyconfig plus our fragments, regenerated only when a
+# fragment changed. Every option a fragment asks for must survive
+# olddefconfig; a silently dropped option (KASAN without !SLUB_TINY, say)
+# would make the run test something else than it claims.
+frag_paths=()
+for f in "${fragments[@]}"; do frag_paths+=("$here/config/$f"); done
+cfg_hash=$(cat "${frag_paths[@]}" | sha256sum | cut -c1-16)
+if [ ! -f "$out/.config" ] || [ "$(cat "$out/.upm-config-hash" 2>/dev/null)" != "$cfg_hash" ]; then
+	log "configuring $flavour: tinyconfig + ${fragments[*]}"
+	make -C "$src" O="$out" CC="$cc" -s tinyconfig >/dev/null
+	(cd "$out" && "$src/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "${frag_paths[@]}" >/dev/null)
+	make -C "$src" O="$out" CC="$cc" -s olddefconfig >/dev/null
+	missing=0
+	while read -r line; do
+		case "$line" in
+		CONFIG_*=*) grep -qx "$line" "$out/.config" || { log "option lost in olddefconfig: $line"; missing=1; } ;;
+		"# CONFIG_"*" is not set") grep -qx "$line" "$out/.config" || { log "option lost in olddefconfig: $line"; missing=1; } ;;
+		esac
+	done < <(cat "${frag_paths[@]}")
+	[ "$missing" = 0 ] || die "the configuration does not have every option the fragments ask for"
+	echo "$cfg_hash" >"$out/.upm-config-hash"
+fi
+
+log "building $flavour bzImage from linux-source-6.12 $version with $jobs jobs"
+start=$(date +%s)
+make -C "$src" O="$out" CC="$cc" -j"$jobs" -s bzImage >&2 || die "kernel build failed"
+log "built $out/arch/x86/boot/bzImage in $(($(date +%s) - start)) s (Debian linux-source-6.12 $version, $(make -C "$src" O="$out" -s kernelrelease 2>/dev/null))"
+echo "$out/arch/x86/boot/bzImage"

@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Functional tests for MADV_UPM_MERGE (mm/upm.c), in the manner of
+ * ksm_functional_tests.c. Run as root with ksmd stopped: every merge seen
+ * here is made by madvise itself.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include "../kselftest.h"
+
+#define NPAGES 64
+
+static size_t pagesize;
+static int upm_advice;
+static char ksm_run_saved[16];
+
+static long read_long(const char *path)
+{
+	char buf[64];
+	ssize_t n;
+	int fd;
+
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return strtol(buf, NULL, 10);
+}
+
+static long merging_pages(void)
+{
+	char line[128];
+	long v = -1;
+	FILE *f;
+
+	f = fopen("/proc/self/ksm_stat", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "ksm_merging_pages %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/*
+ * KSM pages mapped in [mem, mem + npages pages), from pagemap and
+ * kpageflags (root only): exact for a range, where ksm_merging_pages counts
+ * the whole process and keeps counting unmapped pages until exit.
+ */
+static long ksm_pages_in(char *mem, int npages)
+{
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int kpageflags = open("/proc/kpageflags", O_RDONLY);
+	long n = 0;
+
+	if (pagemap < 0 || kpageflags < 0)
+		ksft_exit_fail_msg("pagemap/kpageflags: %s\n", strerror(errno));
+	for (int i = 0; i < npages; i++) {
+		uint64_t entry, flags;
+		off_t off = ((uintptr_t)mem / pagesize + i) * 8;
+
+		if (pread(pagemap, &entry, 8, off) != 8)
+			ksft_exit_fail_msg("pagemap read\n");
+		if (!(entry & (1ull << 63)))
+			continue;
+		off = (entry & ((1ull << 55) - 1)) * 8;
+		if (pread(kpageflags, &flags, 8, off) != 8)
+			ksft_exit_fail_msg("kpageflags read\n");
+		n += !!(flags & (1ull << 21));	/* KPF_KSM */
+	}
+	close(pagemap);
+	close(kpageflags);
+	return n;
+}
+
+static void write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY);
+
+	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s))
+		ksft_exit_fail_msg("writing %s: %s\n", path, strerror(errno));
+	close(fd);
+}
+
+/* Page i gets content that depends on seed and i only. */
+static void fill(char *mem, int npages, unsigned int seed)
+{
+	for (int i = 0; i < npages; i++) {
+		uint64_t x = seed * 0x9E3779B97F4A7C15ull + i + 1;
+		uint64_t *p = (uint64_t *)(mem + i * pagesize);
+
+		for (size_t j = 0; j < pagesize / 8; j++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			p[j] = x;
+		}
+	}
+}
+
+static bool same_as(char *mem, int npages, unsigned int seed)
+{
+	char *want = malloc(npages * pagesize);
+	bool ok;
+
+	fill(want, npages, seed);
+	ok = !memcmp(mem, want, npages * pagesize);
+	free(want);
+	return ok;
+}
+
+static char *map_filled(int npages, unsigned int seed)
+{
+	char *mem = mmap(NULL, npages * pagesize, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (mem == MAP_FAILED)
+		ksft_exit_fail_msg("mmap: %s\n", strerror(errno));
+	fill(mem, npages, seed);
+	return mem;
+}
+
+/*
+ * A child writes the parent's content into fresh pages of its own (so the
+ * two are distinct physical pages), both advise, and every page is merged
+ * when the second madvise returns.
+ */
+static void test_merge_across_fork(void)
+{
+	char *mem = map_filled(NPAGES, 1);
+	int status;
+	pid_t pid;
+
+	if (madvise(mem, NPAGES * pagesize, upm_advice)) {
+		ksft_test_result_fail("parent madvise: %s\n", strerror(errno));
+		return;
+	}
+	pid = fork();
+	if (!pid) {
+		fill(mem, NPAGES, 1);	/* COW: private pages, same content */
+		if (madvise(mem, NPAGES * pagesize, upm_advice))
+			_exit(1);
+		_exit(merging_pages() == NPAGES &&
+		      ksm_pages_in(mem, NPAGES) == NPAGES &&
+		      same_as(mem, NPAGES, 1) ? 0 : 2);
+	}
+	waitpid(pid, &status, 0);
+	ksft_test_result(WIFEXITED(status) && !WEXITSTATUS(status),
+			 "pages of two processes merged when madvise returns\n");
+	munmap(mem, NPAGES * pagesize);
+}
+
+/*
+ * Fork of a merged region: the child sees the data; its write gets it its
+ * own copy; the parent's pages stay merged and unchanged.
+ */
+static void test_fork_of_merged(void)
+{
+	char *a = map_filled(NPAGES, 2), *b = map_filled(NPAGES, 2);
+	int status;
+	pid_t pid;
+
+	if (madvise(a, NPAGES * pagesize, upm_advice) ||
+	    madvise(b, NPAGES * pagesize, upm_advice) ||
+	    ksm_pages_in(a, NPAGES) != NPAGES ||
+	    ksm_pages_in(b, NPAGES) != NPAGES) {
+		ksft_test_result_fail("merge before fork: %ld + %ld merged\n",
+				      ksm_pages_in(a, NPAGES),
+				      ksm_pages_in(b, NPAGES));
+		return;
+	}
+	pid = fork();
+	if (!pid) {
+		if (!same_as(a, NPAGES, 2) || ksm_pages_in(a, NPAGES) != NPAGES)
+			_exit(1);
+		a[5 * pagesize] ^= 1;
+		_exit(same_as(b, NPAGES, 2) &&
+		      ksm_pages_in(a, NPAGES) == NPAGES - 1 ? 0 : 2);
+	}
+	waitpid(pid, &status, 0);
+	ksft_test_result(WIFEXITED(status) && !WEXITSTATUS(status) &&
+			 same_as(a, NPAGES, 2) &&
+			 ksm_pages_in(a, NPAGES) == NPAGES,
+			 "fork of a merged region\n");
+	munmap(a, NPAGES * pagesize);
+	munmap(b, NPAGES * pagesize);
+}
+
+/* A process that shares exits: the other keeps its data, counters follow. */
+static void test_exit_while_shared(void)
+{
+	char *mem = map_filled(NPAGES, 3);
+	long sharing_before, sharing_after;
+	int status, pipefd[2];
+	pid_t pid;
+	char c;
+
+	sharing_before = read_long("/sys/kernel/mm/ksm/pages_sharing");
+	if (pipe(pipefd))
+		ksft_exit_fail_msg("pipe\n");
+	pid = fork();
+	if (!pid) {
+		fill(mem, NPAGES, 3);
+		if (madvise(mem, NPAGES * pagesize, upm_advice))
+			_exit(1);
+		c = 1;
+		if (write(pipefd[1], &c, 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	if (read(pipefd[0], &c, 1) != 1)
+		ksft_exit_fail_msg("child\n");
+	madvise(mem, NPAGES * pagesize, upm_advice);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	sharing_after = read_long("/sys/kernel/mm/ksm/pages_sharing");
+	ksft_test_result(same_as(mem, NPAGES, 3) &&
+			 sharing_after == sharing_before,
+			 "a sharer is killed: data intact, pages_sharing back to %ld (is %ld)\n",
+			 sharing_before, sharing_after);
+	munmap(mem, NPAGES * pagesize);
+	close(pipefd[0]);
+	close(pipefd[1]);
+}
+
+static void test_unmergeable(void)
+{
+	char *a = map_filled(NPAGES, 4), *b = map_filled(NPAGES, 4);
+
+	madvise(a, NPAGES * pagesize, upm_advice);
+	madvise(b, NPAGES * pagesize, upm_advice);
+	if (madvise(b, NPAGES * pagesize, MADV_UNMERGEABLE)) {
+		ksft_test_result_fail("MADV_UNMERGEABLE: %s\n", strerror(errno));
+		return;
+	}
+	ksft_test_result(ksm_pages_in(b, NPAGES) == 0 &&
+			 ksm_pages_in(a, NPAGES) == NPAGES &&
+			 same_as(a, NPAGES, 4) &&
+			 same_as(b, NPAGES, 4),
+			 "MADV_UNMERGEABLE unmerges at once\n");
+	munmap(a, NPAGES * pagesize);
+	munmap(b, NPAGES * pagesize);
+}
+
+static void test_errors(void)
+{
+	char *mem = map_filled(4, 5), *shared;
+	bool ok = true;
+
+	if (!madvise(mem + 1, pagesize, upm_advice) || errno != EINVAL) {
+		ksft_print_msg("misaligned start: %s\n", strerror(errno));
+		ok = false;
+	}
+	munmap(mem + 2 * pagesize, pagesize);
+	if (!madvise(mem, 4 * pagesize, upm_advice) || errno != ENOMEM) {
+		ksft_print_msg("hole: %s\n", strerror(errno));
+		ok = false;
+	}
+	shared = mmap(NULL, pagesize, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (!madvise(shared, pagesize, upm_advice) || errno != EINVAL) {
+		ksft_print_msg("MAP_SHARED: %s\n", strerror(errno));
+		ok = false;
+	}
+	ksft_test_result(ok, "documented errnos for bad ranges\n");
+	munmap(shared, pagesize);
+	munmap(mem, 4 * pagesize);
+}
+
+static void restore_ksm_run(void)
+{
+	write_str("/sys/kernel/mm/ksm/run", ksm_run_saved);
+}
+
+int main(void)
+{
+	pagesize = getpagesize();
+	ksft_print_header();
+
+	upm_advice = read_long("/sys/kernel/mm/upm/advice");
+	if (upm_advice < 0)
+		ksft_exit_skip("no /sys/kernel/mm/upm/advice: kernel without CONFIG_UPM\n");
+	if (geteuid())
+		ksft_exit_skip("needs root to stop ksmd\n");
+	snprintf(ksm_run_saved, sizeof(ksm_run_saved), "%ld",
+		 read_long("/sys/kernel/mm/ksm/run"));
+	write_str("/sys/kernel/mm/ksm/run", "0");
+	atexit(restore_ksm_run);
+
+	ksft_set_plan(5);
+	test_merge_across_fork();
+	test_fork_of_merged();
+	test_exit_while_shared();
+	test_unmergeable();
+	test_errors();
+	ksft_finished();
+}

@@ -1,0 +1,118 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package vmtest boots the guest kernel built by kernel/build.sh under QEMU
+// and runs the repository's Go tests inside it, as root, where they may
+// change system-wide KSM settings and use the UPM kernel.
+//
+// It is a separate module so that the upm library does not pull QEMU and
+// u-root tooling into its users' builds.
+package vmtest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hugelgupf/vmtest/govmtest"
+	"github.com/hugelgupf/vmtest/qemu"
+	"github.com/u-root/mkuimage/uimage"
+)
+
+// guestPackages are the packages whose tests run inside the guest;
+// UPM_GUEST_PACKAGES (comma-separated) chooses others.
+var guestPackages = []string{
+	"github.com/upm-project/upm",
+	"github.com/upm-project/upm/internal/integration",
+}
+
+// defaultQEMU is TCG on purpose: /dev/kvm exists on our machines but nested
+// guests die with "KVM internal error. Suberror: 1".
+const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2"
+
+func TestGuest(t *testing.T) {
+	kernel := os.Getenv("VMTEST_KERNEL")
+	if kernel == "" {
+		t.Skip("needs a guest kernel: run make test, or set VMTEST_KERNEL to a bzImage from kernel/build.sh")
+	}
+	if _, err := os.Stat(kernel); err != nil {
+		t.Fatalf("VMTEST_KERNEL: %v", err)
+	}
+	if os.Getenv("VMTEST_QEMU") == "" {
+		t.Setenv("VMTEST_QEMU", defaultQEMU)
+	}
+
+	resultsDir := os.Getenv("UPM_RESULTS_DIR")
+	if resultsDir == "" {
+		resultsDir = t.TempDir()
+	}
+	resultsDir, err := filepath.Abs(resultsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(resultsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	// The kselftest-style C test, built by kernel/build.sh next to the
+	// kernel, goes into the guest's /bin; internal/integration runs it.
+	var files []string
+	selftest := filepath.Join(filepath.Dir(kernel), "../../../../selftests/upm_functional_tests")
+	if _, err := os.Stat(selftest); err == nil {
+		files = append(files, selftest+":bin/upm_functional_tests")
+	}
+
+	packages := guestPackages
+	if v := os.Getenv("UPM_GUEST_PACKAGES"); v != "" {
+		packages = strings.Split(v, ",")
+	}
+
+	console := newConsoleWatcher()
+	govmtest.Run(t, "vm",
+		govmtest.WithPackageToTest(packages...),
+		govmtest.WithUimage(uimage.WithFiles(files...)),
+		govmtest.WithGoTestTimeout(durationFromEnv(t, "UPM_GUEST_TEST_TIMEOUT", 20*time.Minute)),
+		govmtest.WithQEMUFn(
+			qemu.WithVMTimeout(durationFromEnv(t, "UPM_VM_TIMEOUT", 45*time.Minute)),
+			qemu.WithSerialOutput(console),
+			qemu.WithAppendKernel(kernelArgs()...),
+			qemu.P9Directory(resultsDir, "upmresults"),
+		),
+	)
+	if reports := console.Reports(); len(reports) > 0 {
+		t.Errorf("the guest kernel reported problems:\n%s", strings.Join(reports, "\n\n"))
+	}
+}
+
+// kernelArgs are the guest's command line: what is not a kernel parameter
+// reaches the guest's processes as environment variables.
+func kernelArgs() []string {
+	args := []string{
+		"console=ttyS0",
+		// A kernel oops ends the guest at once instead of leaving the
+		// run to hang until the timeout.
+		"oops=panic", "panic=-1",
+		"UPM_RESULTS_DIR=/mount/9p/upmresults",
+	}
+	if flavour := os.Getenv("UPM_KERNEL_FLAVOUR"); flavour != "" {
+		args = append(args, "UPM_KERNEL_FLAVOUR="+flavour)
+	}
+	if run := os.Getenv("UPM_TEST_RUN"); run != "" {
+		args = append(args, "UPM_TEST_RUN="+run)
+	}
+	return args
+}
+
+func durationFromEnv(t *testing.T, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return d
+}
