@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -66,6 +67,7 @@ func sysMapped(mem []byte) bool {
 const (
 	pagemapPresent = 1 << 63
 	pagemapPFNMask = 1<<55 - 1
+	kpfAnon        = 1 << 12
 	kpfKSM         = 1 << 21
 )
 
@@ -113,11 +115,18 @@ func mergedBytes(mem []byte, smaps *smapsCache) (int64, bool, error) {
 	return merged, exact && covered == hi-lo, nil
 }
 
-// pageFlagsMerged counts the KSM pages of mem from the page frame numbers in
-// /proc/self/pagemap and the flags in /proc/kpageflags. It reports false when
-// either is out of reach: page frame numbers read as zero without
-// CAP_SYS_ADMIN, and kpageflags is readable by root only.
+// pageFlagsMerged counts the bytes of mem in KSM pages, from page flags.
 func pageFlagsMerged(mem []byte) (int64, bool) {
+	pages, ok := countPageFlags(mem, kpfKSM)
+	return int64(pages) * int64(pageSize), ok
+}
+
+// countPageFlags counts the pages of mem whose flags have any bit of mask set,
+// from the page frame numbers in /proc/self/pagemap and the flags in
+// /proc/kpageflags. It reports false when either is out of reach: page frame
+// numbers read as zero without CAP_SYS_ADMIN, and kpageflags is readable by
+// root only.
+func countPageFlags(mem []byte, mask uint64) (int, bool) {
 	pagemap, err := os.Open(procPagemap)
 	if err != nil {
 		return 0, false
@@ -129,15 +138,12 @@ func pageFlagsMerged(mem []byte) (int64, bool) {
 	}
 	defer kpageflags.Close()
 
-	const chunk = 4096 // pages per pagemap read
-	var (
-		merged  int64
-		buf     = make([]byte, 8*chunk)
-		isKSM   = make(map[uint64]bool) // merged pages share frames
-		flagBuf [8]byte
-	)
+	// The frames of the present pages, from pagemap.
+	const chunk = 512 // entries per read
+	var buf [8 * chunk]byte
 	first := addrOf(mem) / uintptr(pageSize)
 	pages := len(mem) / pageSize
+	var frames []uint64
 	for done := 0; done < pages; {
 		n := min(chunk, pages-done)
 		entries := buf[:8*n]
@@ -153,19 +159,33 @@ func pageFlagsMerged(mem []byte) (int64, bool) {
 			if pfn == 0 {
 				return 0, false // frame numbers hidden: no CAP_SYS_ADMIN
 			}
-			ksm, seen := isKSM[pfn]
-			if !seen {
-				if _, err := kpageflags.ReadAt(flagBuf[:], int64(pfn)*8); err != nil {
-					return 0, false
-				}
-				ksm = binary.NativeEndian.Uint64(flagBuf[:])&kpfKSM != 0
-				isKSM[pfn] = ksm
-			}
-			if ksm {
-				merged += int64(pageSize)
-			}
+			frames = append(frames, pfn)
 		}
 		done += n
 	}
-	return merged, true
+
+	// Their flags, from kpageflags: merged pages share frames, and the
+	// frames of other pages are often consecutive, so read each distinct
+	// frame once, consecutive frames in one read.
+	slices.Sort(frames)
+	count := 0
+	for i := 0; i < len(frames); {
+		// frames[i:j] are consecutive frame numbers, repeats included.
+		j := i + 1
+		for j < len(frames) && frames[j]-frames[j-1] <= 1 && frames[j]-frames[i] < chunk {
+			j++
+		}
+		span := int(frames[j-1]-frames[i]) + 1
+		flags := buf[:8*span]
+		if _, err := kpageflags.ReadAt(flags, int64(frames[i])*8); err != nil {
+			return 0, false
+		}
+		for _, pfn := range frames[i:j] {
+			if binary.NativeEndian.Uint64(flags[8*(pfn-frames[i]):])&mask != 0 {
+				count++
+			}
+		}
+		i = j
+	}
+	return count, true
 }

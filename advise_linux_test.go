@@ -305,3 +305,27 @@ func stderrOf(err error) string {
 	}
 	return ""
 }
+
+func TestCountPageFlags(t *testing.T) {
+	if !isRoot() {
+		t.Skip("page flags are readable to root only")
+	}
+	mem := mmapPages(t, 8)
+	for _, page := range []int{0, 1, 2, 5, 7} {
+		mem[page*pageSize+page] = byte(page + 1)
+	}
+	anon, ok := countPageFlags(mem, kpfAnon)
+	require.True(t, ok, "page flags unreadable as root")
+	assert.Equal(t, 5, anon, "anonymous pages of 5 written")
+	merged, ok := pageFlagsMerged(mem)
+	require.True(t, ok)
+	assert.Zero(t, merged, "unique pages counted as merged")
+	anon, ok = countPageFlags(mem[:3*pageSize], kpfAnon)
+	require.True(t, ok)
+	assert.Equal(t, 3, anon)
+
+	// Pages that were never written are not present and count nothing.
+	none, ok := countPageFlags(mmapPages(t, 4), kpfAnon|kpfKSM)
+	require.True(t, ok)
+	assert.Zero(t, none)
+}
