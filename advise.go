@@ -34,7 +34,8 @@ var pageSize = os.Getpagesize()
 // ErrUnsupported and changes nothing. Kernel errors keep their errno:
 // errors.Is(err, unix.ENOMEM) is true when part of b is not mapped, and
 // errors.Is(err, unix.EINVAL) when the kernel refuses the memory, as UPM does
-// for shared and hugetlb mappings.
+// for shared and hugetlb mappings. A failed Advise takes back what the kernel
+// had advised before it failed, so no advice is left that no Region owns.
 //
 // The returned Region refers to the memory and stays in the package's
 // registry (see WriteProfile) until Unadvise, so the garbage collector does

@@ -44,6 +44,13 @@ func sysAdvise(mem []byte, d detection) error {
 		advice, name = d.advice, "MADV_UPM_MERGE"
 	}
 	if err := madvise(mem, advice); err != nil {
+		// The kernel may have advised the mappings it passed before it
+		// failed (those around a hole, say); take that back, so that a
+		// failed Advise leaves no advice behind that no Region owns.
+		// After EINTR the process is dying and there is no point.
+		if !errors.Is(err, unix.EINTR) {
+			_ = madvise(mem, unix.MADV_UNMERGEABLE)
+		}
 		return fmt.Errorf("upm: advise %d bytes at %#x: %s: %w", len(mem), addrOf(mem), name, err)
 	}
 	return nil

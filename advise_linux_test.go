@@ -118,11 +118,14 @@ func TestAdviseUnmapped(t *testing.T) {
 	assert.Nil(t, r)
 	assert.Contains(t, err.Error(), fmt.Sprintf("upm: advise %d bytes at %#x: MADV_", pageSize, uintptr(p)))
 
-	// A hole in the middle of a range.
+	// A hole in the middle of a range: the kernel advises the pages
+	// around it before it fails, and Advise takes that back.
 	mem := mmapPages(t, 3)
 	require.NoError(t, unix.MunmapPtr(unsafe.Pointer(&mem[pageSize]), uintptr(pageSize)))
 	_, err = Advise(mem)
 	assert.ErrorIs(t, err, unix.ENOMEM)
+	assert.False(t, mergeable(t, addrOf(mem)), "page before the hole left advised")
+	assert.False(t, mergeable(t, addrOf(mem)+uintptr(2*pageSize)), "page after the hole left advised")
 }
 
 func TestRegionOfFreedMemory(t *testing.T) {

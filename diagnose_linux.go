@@ -101,7 +101,7 @@ func diagnose(det detection, files sysFiles, regions []*Region) Diagnosis {
 			f.Close()
 			add("Region.Merged is exact: this process can read page flags (%s).", files.kpageflags)
 		} else {
-			add("Region.Merged counts merged pages from /proc/self/smaps, as %s cannot be read (%v; it takes CAP_SYS_ADMIN): the count is exact for regions made of whole mappings and a lower bound otherwise.", files.kpageflags, errors.Unwrap(err))
+			add("Region.Merged counts merged pages from /proc/self/smaps, as %s cannot be read (%v; page flags are for root, with CAP_SYS_ADMIN): the count is exact for regions made of whole mappings and a lower bound otherwise.", files.kpageflags, errors.Unwrap(err))
 		}
 	}
 	if len(regions) > 0 {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/pprof/profile"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // loadModelForProfile stands for the user's code that advises memory.
@@ -107,6 +108,14 @@ func TestWriteProfileWithPprof(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("needs the go command for go tool pprof")
+	}
+	// go tool builds pprof on demand, into the build cache.
+	cache, err := exec.Command(goTool, "env", "GOCACHE").Output()
+	if err != nil {
+		t.Skipf("go tool pprof needs a Go build cache: %v", err)
+	}
+	if err := unix.Access(strings.TrimSpace(string(cache)), unix.W_OK); err != nil {
+		t.Skipf("go tool pprof needs a writable Go build cache, and %s is not: %v", strings.TrimSpace(string(cache)), err)
 	}
 	r := loadModelForProfile(t, 16*pageSize)
 	defer r.Unadvise()

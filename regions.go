@@ -274,8 +274,8 @@ func (a *Arena) alloc(n, align int, what string, args ...any) (unsafe.Pointer, e
 	return unsafe.Pointer(&a.mem[start]), nil
 }
 
-// Seal makes the whole arena read-only (mprotect PROT_READ) and advises it as
-// Advise does; pages never written are not present and cost nothing. Writes
+// Seal advises the whole arena as Advise does, and makes it read-only
+// (mprotect PROT_READ); pages never written are not present and cost nothing. Writes
 // after Seal fault with SIGSEGV rather than corrupt shared data. The Region
 // lives until Close, or until Unadvise if that comes first.
 //
@@ -299,14 +299,14 @@ func (a *Arena) Seal() (*Region, error) {
 	if d.err != nil {
 		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), d.err)
 	}
-	if err := protect(a.mem, false); err != nil {
-		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), err)
-	}
 	if err := sysAdvise(a.mem, d); err != nil {
-		if perr := protect(a.mem, true); perr != nil {
-			return nil, fmt.Errorf("%w (and the arena stays read-only: %v)", err, perr)
-		}
 		return nil, err
+	}
+	if err := protect(a.mem, false); err != nil {
+		if uerr := sysUnadvise(a.mem); uerr != nil {
+			return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w (and the arena stays advised: %v)", len(a.mem), addrOf(a.mem), err, uerr)
+		}
+		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), err)
 	}
 	a.sealed = true
 	a.region = newRegion(a.mem, d.backend, kindArena, "", stack)

@@ -121,12 +121,12 @@ func adviseFile(path string, o fileOptions, stack []uintptr) (*Mapping, error) {
 		}
 		return fail(err)
 	}
-	if err := protect(mem, false); err != nil {
-		return fail(err)
-	}
 	if err := sysAdvise(mem, d); err != nil {
 		unix.Munmap(mem)
 		return nil, err
+	}
+	if err := protect(mem, false); err != nil {
+		return fail(err)
 	}
 	if !o.keepPageCache {
 		// The copy is made; the cached pages would double the memory.

@@ -101,19 +101,22 @@ type UPMStats struct {
 	Present bool
 	// Advice is the madvise advice number of MADV_UPM_MERGE.
 	Advice int
-	// PagesAdvised is the number of pages MADV_UPM_MERGE was asked to
-	// merge. Of those, PagesMergedStable were merged into an existing
-	// merged page, PagesMergedNew became part of a new merged page made of
-	// two identical candidates, and PagesSkipped were not merged (absent,
-	// or not mergeable).
+	// PagesAdvised is the number of present pages MADV_UPM_MERGE looked
+	// at. PagesMergedStable were merged into an existing merged page, and
+	// PagesMergedNew were merged in pairs into a new one (two a pair).
+	// PagesSkipped could not be merged when advised, being locked or
+	// pinned; advising them again retries.
 	PagesAdvised      uint64
 	PagesMergedStable uint64
 	PagesMergedNew    uint64
 	PagesSkipped      uint64
 	// Candidates is the number of advised pages that wait in UPM's index
-	// for an identical page, and IndexBytes the memory the index uses.
-	Candidates uint64
-	IndexBytes uint64
+	// for an identical page, CandidatesDropped the number dropped from it
+	// because their page changed or went away, and IndexBytes the memory
+	// the index uses.
+	Candidates        uint64
+	CandidatesDropped uint64
+	IndexBytes        uint64
 	// Calls is the number of MADV_UPM_MERGE calls, and CallTime the time
 	// spent in them.
 	Calls    uint64

@@ -114,6 +114,7 @@ func systemStats() (SystemStats, error) {
 			PagesMergedNew:    v["pages_merged_new"],
 			PagesSkipped:      v["pages_skipped"],
 			Candidates:        v["candidates"],
+			CandidatesDropped: v["candidates_dropped"],
 			IndexBytes:        v["index_bytes"],
 			Calls:             v["calls"],
 			CallTime:          time.Duration(v["call_time_ns"]),

@@ -274,7 +274,10 @@ func TestUPMMergesWithinProcess(t *testing.T) {
 
 func TestUPMCopyOnWriteAndUnadvise(t *testing.T) {
 	requireUPM(t)
-	d := testData{mode: "heap", seed: freshSeed(), pages: 16, shared: 16}
+	// The twin lives in an arena, without huge pages: were both in one
+	// transparent huge page of the heap, the kernel would split it and
+	// merge them only on the next advice.
+	d := testData{mode: "arena", seed: freshSeed(), pages: 16, shared: 16}
 	twin, err := d.advise(0)
 	require.NoError(t, err)
 	defer twin.close()
