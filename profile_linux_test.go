@@ -5,10 +5,12 @@ package upm
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/pprof/profile"
@@ -129,4 +131,53 @@ func TestWriteProfileWithPprof(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "upm.loadModelForProfile", "%s", out)
 	assert.Contains(t, string(out), "Type: advised", "%s", out)
+}
+
+func TestConcurrentRegions(t *testing.T) {
+	requireMerging(t)
+	const workers = 8
+	mems := make([][]byte, workers)
+	for i := range mems {
+		mems[i] = mmapPages(t, 4)
+	}
+	live := len(liveRegions())
+	errs := make(chan error, 2*workers)
+	done := make(chan struct{})
+	go func() {
+		// Profiles and statistics while regions come and go.
+		defer close(done)
+		for range 20 {
+			if err := WriteProfile(io.Discard); err != nil {
+				errs <- err
+			}
+			if _, err := ReadProcessStats(); err != nil {
+				errs <- err
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, mem := range mems {
+		wg.Go(func() {
+			for range 10 {
+				r, err := Advise(mem)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, _, err := r.Merged(); err != nil {
+					errs <- err
+				}
+				if err := r.Unadvise(); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	<-done
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Len(t, liveRegions(), live)
 }
