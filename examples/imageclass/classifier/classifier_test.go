@@ -1,0 +1,156 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package classifier_test
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/upm-project/upm/examples/imageclass/classifier"
+)
+
+// modelDir returns the directory of the models, $UPM_MODEL_DIR or build/model
+// at the root of the repository, and skips the test when it is missing.
+func modelDir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("UPM_MODEL_DIR")
+	if dir == "" {
+		_, file, _, _ := runtime.Caller(0)
+		dir = filepath.Join(filepath.Dir(file), "..", "..", "..", "build", "model")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tiny_face_detector_model-weights_manifest.json")); err != nil {
+		t.Skipf("no models in %s: run examples/imageclass/fetch-model.sh", dir)
+	}
+	return dir
+}
+
+// want is what face-api 1.7.15 itself (its dist/face-api.esm.js on the
+// TensorFlow.js CPU backend, in Node.js) finds in the package's sample
+// photos, given the same decoded pixels:
+// detectAllFaces(TinyFaceDetectorOptions()).withFaceExpressions().withAgeAndGender(),
+// and the descriptor of each detected box.
+type want struct {
+	x, y, w, h    float64
+	score         float64
+	expression    string
+	expressionP   float64
+	gender        string
+	genderP       float64
+	age           float64
+	descriptor012 [3]float32
+}
+
+var samples = map[string][]want{
+	"sample1.jpg": {
+		{776, 445, 312, 256, 0.781, "happy", 0.372, "female", 0.84, 27.6, [3]float32{-0.0186, 0.0718, 0.0828}},
+		{1422, 216, 307, 283, 0.777, "happy", 0.993, "female", 0.85, 35.3, [3]float32{-0.0301, 0.1695, 0.1005}},
+		{336, 396, 305, 252, 0.723, "happy", 0.515, "female", 0.75, 26.8, [3]float32{-0.0522, 0.0173, -0.0316}},
+	},
+	"sample2.jpg": {
+		{1403, 173, 277, 264, 0.849, "sad", 0.875, "female", 0.97, 17.4, [3]float32{-0.0812, 0.0751, 0.1458}},
+	},
+}
+
+func TestClassifySamples(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, nil)
+	require.NoError(t, err)
+	defer m.Close()
+
+	st := m.Stats()
+	assert.Equal(t, classifier.Models, st.Models)
+	assert.EqualValues(t, 6910171, st.Params, "weights of the five models")
+	assert.GreaterOrEqual(t, st.DecodedBytes, 4*st.Params)
+
+	for name, faces := range samples {
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			require.NoError(t, err)
+			res, err := m.ClassifyBytes(b, classifier.ClassifyOptions{})
+			require.NoError(t, err)
+			require.Len(t, res.Faces, len(faces))
+			for i, w := range faces {
+				f := res.Faces[i]
+				assert.InDelta(t, w.x, f.Box.X, 1, "face %d x", i)
+				assert.InDelta(t, w.y, f.Box.Y, 1, "face %d y", i)
+				assert.InDelta(t, w.w, f.Box.Width, 1, "face %d width", i)
+				assert.InDelta(t, w.h, f.Box.Height, 1, "face %d height", i)
+				assert.InDelta(t, w.score, f.Score, 0.001, "face %d score", i)
+				assert.Equal(t, w.expression, f.Expression, "face %d expression", i)
+				assert.InDelta(t, w.expressionP, f.Expressions[w.expression], 0.002, "face %d expression probability", i)
+				assert.Equal(t, w.gender, f.Gender, "face %d gender", i)
+				assert.InDelta(t, w.genderP, f.GenderProbability, 0.01, "face %d gender probability", i)
+				assert.InDelta(t, w.age, f.Age, 0.1, "face %d age", i)
+				require.Len(t, f.Descriptor, 128)
+				for j, v := range w.descriptor012 {
+					assert.InDelta(t, v, f.Descriptor[j], 0.0002, "face %d descriptor[%d]", i, j)
+				}
+				require.Len(t, f.Landmarks, 68)
+				for _, p := range f.Landmarks {
+					// Landmarks lie on the face, give or take its chin.
+					assert.InDelta(t, f.Box.X+f.Box.Width/2, p[0], f.Box.Width)
+					assert.InDelta(t, f.Box.Y+f.Box.Height/2, p[1], f.Box.Height)
+				}
+			}
+		})
+	}
+}
+
+func TestModelSubset(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, &classifier.Options{Models: []string{"face_recognition_model"}})
+	require.NoError(t, err)
+	defer m.Close()
+	b, err := os.ReadFile(filepath.Join(dir, "sample1.jpg"))
+	require.NoError(t, err)
+	res, err := m.ClassifyBytes(b, classifier.ClassifyOptions{})
+	require.NoError(t, err)
+	require.Len(t, res.Faces, 3)
+	for i := range res.Faces {
+		assert.Empty(t, res.Faces[i].Expression, "expression model not loaded")
+		assert.Empty(t, res.Faces[i].Landmarks, "landmark model not loaded")
+		assert.Zero(t, classifier.Distance(res.Faces[i].Descriptor, res.Faces[i].Descriptor))
+		for j := range i {
+			d := classifier.Distance(res.Faces[i].Descriptor, res.Faces[j].Descriptor)
+			assert.Greater(t, d, 0.3, "faces %d and %d are different people", i, j)
+		}
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	_, err := classifier.Load(t.TempDir(), nil)
+	assert.ErrorContains(t, err, "fetch-model.sh")
+
+	dir := modelDir(t)
+	_, err = classifier.Load(dir, &classifier.Options{Models: []string{"nope"}})
+	assert.ErrorContains(t, err, `unknown model "nope"`)
+}
+
+func TestKeepRaw(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, &classifier.Options{Models: []string{"face_expression_model"}, KeepRaw: true})
+	require.NoError(t, err)
+	defer m.Close()
+	st := m.Stats()
+	assert.EqualValues(t, 193321+329468, st.RawBytes, "the two models' .bin files")
+	if st.NotAdvised == "" {
+		assert.GreaterOrEqual(t, st.AdvisedBytes, st.DecodedBytes+st.RawBytes-2*4096)
+	}
+}
+
+func TestClassifyNoFace(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, &classifier.Options{Models: []string{}})
+	require.NoError(t, err)
+	defer m.Close()
+	_, err = m.ClassifyBytes([]byte("not an image"), classifier.ClassifyOptions{})
+	assert.ErrorContains(t, err, "decode image")
+	_, err = m.ClassifyBytes(nil, classifier.ClassifyOptions{InputSize: 100})
+	assert.Error(t, err)
+}
