@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -124,9 +125,33 @@ func mergedBytes(mem []byte, smaps *smapsCache) (int64, bool, error) {
 
 // pageFlagsMerged counts the bytes of mem in KSM pages, from page flags.
 func pageFlagsMerged(mem []byte) (int64, bool) {
+	if !kpageflagsKSMReliable() {
+		return 0, false
+	}
 	pages, ok := countPageFlags(mem, kpfKSM)
 	return int64(pages) * int64(pageSize), ok
 }
+
+// kpageflagsKSMReliable reports whether /proc/kpageflags sets KPF_KSM on KSM
+// pages only. Linux 6.12 (before "fs/proc/page: report KPF_KSM for KSM pages
+// only", in our kernel series) tests the mapping against PAGE_MAPPING_KSM
+// with a bitwise and, which every anonymous page passes. So ask the kernel:
+// a page this process just wrote and never advised cannot be a KSM page.
+// The answer is probed once.
+var kpageflagsKSMReliable = sync.OnceValue(func() bool {
+	mem, err := unix.Mmap(-1, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return false
+	}
+	defer unix.Munmap(mem)
+	mem[0] = 1
+	anon, ok := countPageFlags(mem, kpfAnon)
+	if !ok || anon != 1 {
+		return false
+	}
+	ksm, ok := countPageFlags(mem, kpfKSM)
+	return ok && ksm == 0
+})
 
 // countPageFlags counts the pages of mem whose flags have any bit of mask set,
 // from the page frame numbers in /proc/self/pagemap and the flags in

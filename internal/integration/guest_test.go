@@ -1,3 +1,5 @@
+//go:build linux
+
 // Copyright 2026 The UPM Authors
 // SPDX-License-Identifier: Apache-2.0
 
@@ -38,6 +40,15 @@ func requireUPM(t *testing.T) {
 	if upm.CurrentBackend() != upm.BackendUPM {
 		t.Skip("needs the UPM kernel: run make test")
 	}
+}
+
+// sized scales a page count down on the debug kernel, where KASAN makes
+// every page visit about ten times slower: the code paths stay the same.
+func sized(pages int64) int64 {
+	if os.Getenv("UPM_KERNEL_FLAVOUR") == "debug" {
+		return max(pages/8, 64)
+	}
+	return pages
 }
 
 func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

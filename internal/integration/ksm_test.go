@@ -1,3 +1,5 @@
+//go:build linux
+
 // Copyright 2026 The UPM Authors
 // SPDX-License-Identifier: Apache-2.0
 
@@ -17,7 +19,8 @@ import (
 // process keeps its own data through writes, and Unadvise unmerges.
 func TestKSMFallbackMerges(t *testing.T) {
 	requireGuest(t)
-	const workers, shared, unique = 4, 1024, 16
+	const workers = 4
+	shared, unique := sized(1024), sized(16)
 	setKSM(t, map[string]string{"run": "1", "pages_to_scan": "2000", "sleep_millisecs": "10"})
 
 	var ws []*worker

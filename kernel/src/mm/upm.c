@@ -233,20 +233,51 @@ static struct ksm_mm_slot *upm_mm_slot(struct mm_struct *mm)
 }
 
 /*
+ * Whether @mm has used UPM, asked without ksm_thread_mutex, so that exit and
+ * MADV_UNMERGEABLE of mms that never did do not wait for ksmd's batch. The
+ * slot is only freed after it is unhashed under ksm_mmlist_lock.
+ */
+static bool upm_mm_used(struct mm_struct *mm)
+{
+	struct mm_slot *slot;
+	bool used;
+
+	spin_lock(&ksm_mmlist_lock);
+	slot = mm_slot_lookup(mm_slots_hash, mm);
+	used = slot && mm_slot_entry(slot, struct ksm_mm_slot, slot)->upm;
+	spin_unlock(&ksm_mmlist_lock);
+	return used;
+}
+
+/*
  * The rmap_item for @addr in the mm_slot's address-sorted rmap_list, found
  * from *@link onwards or inserted there. Unlike ksmd's get_next_rmap_item(),
  * this never frees the items it passes: ksmd's cursor may point into them.
  * New items are charged to the caller's memory cgroup.
+ *
+ * ksmd frees the items it meets below the address it has reached in this
+ * pass (ksm_scan.address), taking them for pages that went away. An item
+ * UPM needs there is one for a page UPM is about to merge: so when it lies
+ * between ksmd's cursor and ksm_scan.address, the cursor moves past it. The
+ * items it skips that way are looked at again in ksmd's next pass.
  */
 static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 					       struct ksm_rmap_item ***link,
 					       unsigned long addr)
 {
+	bool behind_ksmd = ksm_scan.mm_slot == mm_slot &&
+			 addr < ksm_scan.address;
+	bool passed_cursor = false;
 	struct ksm_rmap_item **pos = *link;
 	struct ksm_rmap_item *rmap_item;
 
-	while ((rmap_item = *pos) && (rmap_item->address & PAGE_MASK) < addr)
+	for (;;) {
+		passed_cursor |= pos == ksm_scan.rmap_list;
+		rmap_item = *pos;
+		if (!rmap_item || (rmap_item->address & PAGE_MASK) >= addr)
+			break;
 		pos = &rmap_item->rmap_list;
+	}
 	if (!rmap_item || (rmap_item->address & PAGE_MASK) != addr) {
 		rmap_item = kmem_cache_zalloc(rmap_item_cache, GFP_KERNEL_ACCOUNT |
 					      __GFP_NORETRY | __GFP_NOWARN);
@@ -259,6 +290,8 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 		rmap_item->rmap_list = *pos;
 		*pos = rmap_item;
 	}
+	if (behind_ksmd && passed_cursor)
+		ksm_scan.rmap_list = &rmap_item->rmap_list;
 	*link = &rmap_item->rmap_list;
 	return rmap_item;
 }
@@ -617,7 +650,7 @@ void upm_unmerge_range(struct mm_struct *mm, unsigned long start,
 	struct ksm_mm_slot *mm_slot;
 	struct ksm_rmap_item **link, *rmap_item;
 
-	if (!test_bit(MMF_VM_MERGEABLE, &mm->flags))
+	if (!test_bit(MMF_VM_MERGEABLE, &mm->flags) || !upm_mm_used(mm))
 		return;
 	mutex_lock(&ksm_thread_mutex);
 	mmap_read_lock(mm);
@@ -656,6 +689,8 @@ void __upm_exit(struct mm_struct *mm)
 	struct ksm_mm_slot *mm_slot;
 	struct ksm_rmap_item *rmap_item;
 
+	if (!upm_mm_used(mm))
+		return;
 	mutex_lock(&ksm_thread_mutex);
 	mm_slot = upm_mm_slot(mm);
 	if (!mm_slot || !mm_slot->upm)
