@@ -303,7 +303,7 @@ func (m *Model) Classify(img image.Image, opts ClassifyOptions) (res *Result, er
 		}
 	}()
 	start := time.Now()
-	t := imageTensor(img)
+	t := newPicture(img)
 	dets := detectFaces(m.nets[detectorModel], t, opts.InputSize, opts.MinScore)
 	if opts.MaxFaces > 0 && len(dets) > opts.MaxFaces {
 		dets = dets[:opts.MaxFaces]
@@ -326,40 +326,79 @@ func (m *Model) Classify(img image.Image, opts ClassifyOptions) (res *Result, er
 			continue
 		}
 		fx, fy := int(math.Floor(x0)), int(math.Floor(y0))
-		face := crop(t, fx, fy, int(math.Floor(cw)), int(math.Floor(ch)))
-		if w, ok := m.nets[expressionModel]; ok {
-			p := expressions(w, face)
-			f.Expressions = make(map[string]float64, len(p))
-			best := 0
-			for i, v := range p {
-				f.Expressions[Expressions[i]] = float64(v)
-				if v > p[best] {
-					best = i
-				}
-			}
-			f.Expression = Expressions[best]
-		}
-		if w, ok := m.nets[ageGenderModel]; ok {
-			age, male := ageGender(w, face)
-			f.Age = age
-			if male > 0.5 {
-				f.Gender, f.GenderProbability = "male", male
-			} else {
-				f.Gender, f.GenderProbability = "female", 1-male
-			}
-		}
-		if w, ok := m.nets[landmarkModel]; ok {
-			f.Landmarks = landmarks(w, face)
-			for i := range f.Landmarks {
-				f.Landmarks[i][0] += float64(fx)
-				f.Landmarks[i][1] += float64(fy)
-			}
-		}
-		if w, ok := m.nets[recognitionModel]; ok {
-			f.Descriptor = descriptor(w, face)
+		m.classifyFace(&f, t.crop(fx, fy, int(math.Floor(cw)), int(math.Floor(ch))), nil)
+		for i := range f.Landmarks {
+			f.Landmarks[i][0] += float64(fx)
+			f.Landmarks[i][1] += float64(fy)
 		}
 		res.Faces = append(res.Faces, f)
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// ClassifyFace classifies all of img as one face, without looking for faces
+// first: it runs the networks of models (all loaded ones but the detector if
+// none are named) on it. Box is the whole image, Score is 1, and Landmarks
+// are in pixels of img.
+func (m *Model) ClassifyFace(img image.Image, models ...string) (face *Face, err error) {
+	if m.nets == nil {
+		return nil, errors.New("classifier: model closed")
+	}
+	for _, name := range models {
+		if _, ok := m.nets[name]; !ok {
+			return nil, fmt.Errorf("classifier: model %s not loaded", name)
+		}
+	}
+	b := img.Bounds()
+	if b.Dx() < 1 || b.Dy() < 1 {
+		return nil, fmt.Errorf("classifier: empty image")
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			face, err = nil, fmt.Errorf("classifier: %v", r)
+		}
+	}()
+	face = &Face{Box: Rect{Width: float64(b.Dx()), Height: float64(b.Dy())}, Score: 1}
+	m.classifyFace(face, newPicture(img), models)
+	return face, nil
+}
+
+// classifyFace runs the networks of models, or all loaded ones if nil, on
+// the face p and fills in f.
+func (m *Model) classifyFace(f *Face, p picture, models []string) {
+	run := func(name string) (weights, bool) {
+		w, ok := m.nets[name]
+		if ok && models != nil {
+			ok = slices.Contains(models, name)
+		}
+		return w, ok
+	}
+	if w, ok := run(expressionModel); ok {
+		probs := expressions(w, p)
+		f.Expressions = make(map[string]float64, len(probs))
+		best := 0
+		for i, v := range probs {
+			f.Expressions[Expressions[i]] = float64(v)
+			if v > probs[best] {
+				best = i
+			}
+		}
+		f.Expression = Expressions[best]
+	}
+	if w, ok := run(ageGenderModel); ok {
+		age, male := ageGender(w, p)
+		f.Age = age
+		if male > 0.5 {
+			f.Gender, f.GenderProbability = "male", male
+		} else {
+			f.Gender, f.GenderProbability = "female", 1-male
+		}
+	}
+	if w, ok := run(landmarkModel); ok {
+		f.Landmarks = landmarks(w, p)
+	}
+	if w, ok := run(recognitionModel); ok {
+		f.Descriptor = descriptor(w, p)
+	}
 }

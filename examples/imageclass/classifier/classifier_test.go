@@ -4,6 +4,7 @@
 package classifier_test
 
 import (
+	"image"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -153,4 +154,29 @@ func TestClassifyNoFace(t *testing.T) {
 	assert.ErrorContains(t, err, "decode image")
 	_, err = m.ClassifyBytes(nil, classifier.ClassifyOptions{InputSize: 100})
 	assert.Error(t, err)
+}
+
+func TestClassifyFace(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, nil)
+	require.NoError(t, err)
+	defer m.Close()
+	f, err := os.Open(filepath.Join(dir, "sample2.jpg"))
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := classifier.Decode(f)
+	require.NoError(t, err)
+	// The box face-api's detector finds, rounded down as it crops.
+	sub := img.(interface {
+		SubImage(image.Rectangle) image.Image
+	}).SubImage(image.Rect(1402, 173, 1402+277, 173+264))
+	face, err := m.ClassifyFace(sub, "face_expression_model", "age_gender_model")
+	require.NoError(t, err)
+	assert.Equal(t, "sad", face.Expression)
+	assert.InDelta(t, 0.875, face.Expressions["sad"], 0.002)
+	assert.Equal(t, "female", face.Gender)
+	assert.InDelta(t, 17.4, face.Age, 0.1)
+	assert.Empty(t, face.Descriptor)
+	_, err = m.ClassifyFace(sub, "nope")
+	assert.ErrorContains(t, err, "not loaded")
 }

@@ -6,7 +6,7 @@ package classifier
 import (
 	"fmt"
 	"image"
-	"image/draw"
+	"image/color"
 	"math"
 	"sort"
 )
@@ -17,103 +17,107 @@ import (
 
 // --- input -----------------------------------------------------------------
 
-// imageTensor returns the pixels of img as an RGB tensor of values 0-255.
-func imageTensor(img image.Image) *tensor {
+// picture is a rectangle of an image, read pixel by pixel: the networks
+// sample a few hundred thousand pixels of a photo of millions, so it is never
+// converted whole.
+type picture struct {
+	img    image.Image
+	ycc    *image.YCbCr // img, when a JPEG decoded it
+	rgba   *image.RGBA  // img, when it is RGBA
+	x0, y0 int          // the rectangle's top left corner in img
+	w, h   int
+}
+
+func newPicture(img image.Image) picture {
 	b := img.Bounds()
-	rgba, ok := img.(*image.RGBA)
-	if !ok {
-		rgba = image.NewRGBA(b)
-		draw.Draw(rgba, b, img, b.Min, draw.Src)
+	p := picture{img: img, x0: b.Min.X, y0: b.Min.Y, w: b.Dx(), h: b.Dy()}
+	switch m := img.(type) {
+	case *image.YCbCr:
+		p.ycc = m
+	case *image.RGBA:
+		p.rgba = m
 	}
-	t := newTensor(b.Dy(), b.Dx(), 3)
-	for y := range t.h {
-		row := rgba.Pix[(y+b.Min.Y-rgba.Rect.Min.Y)*rgba.Stride+(b.Min.X-rgba.Rect.Min.X)*4:]
-		for x := range t.w {
-			p := t.at(y, x)
-			p[0], p[1], p[2] = float32(row[4*x]), float32(row[4*x+1]), float32(row[4*x+2])
-		}
-	}
-	return t
+	return p
 }
 
-// crop returns the rectangle [x0, x0+w) x [y0, y0+h) of t.
-func crop(t *tensor, x0, y0, w, h int) *tensor {
-	out := newTensor(h, w, t.c)
-	for y := range h {
-		copy(out.d[y*w*t.c:(y+1)*w*t.c], t.d[((y0+y)*t.w+x0)*t.c:])
-	}
-	return out
+// crop returns the rectangle [x, x+w) x [y, y+h) of p.
+func (p picture) crop(x, y, w, h int) picture {
+	p.x0 += x
+	p.y0 += y
+	p.w, p.h = w, h
+	return p
 }
 
-// padToSquare pads the shorter side of t with zeros, after the image, or
-// around it when center is set (with the larger half after), as face-api's
-// padToSquare does.
-func padToSquare(t *tensor, center bool) *tensor {
-	if t.h == t.w {
-		return t
+// rgb returns the colour of the pixel (x, y) of p, 0-255 a channel, as
+// image/draw converts it to RGBA.
+func (p picture) rgb(x, y int) (r, g, b float32) {
+	x += p.x0
+	y += p.y0
+	switch {
+	case p.ycc != nil:
+		yi, ci := p.ycc.YOffset(x, y), p.ycc.COffset(x, y)
+		r8, g8, b8 := color.YCbCrToRGB(p.ycc.Y[yi], p.ycc.Cb[ci], p.ycc.Cr[ci])
+		return float32(r8), float32(g8), float32(b8)
+	case p.rgba != nil:
+		i := p.rgba.PixOffset(x, y)
+		return float32(p.rgba.Pix[i]), float32(p.rgba.Pix[i+1]), float32(p.rgba.Pix[i+2])
+	default:
+		r16, g16, b16, _ := p.img.At(x, y).RGBA()
+		return float32(r16 >> 8), float32(g16 >> 8), float32(b16 >> 8)
 	}
-	size := max(t.h, t.w)
-	diff := size - min(t.h, t.w)
-	before := 0
-	if center {
-		before = diff - int(math.Floor(float64(diff)*0.5+0.5))
-	}
-	out := newTensor(size, size, t.c)
-	for y := range t.h {
-		for x := range t.w {
-			oy, ox := y, x
-			if t.h < t.w {
-				oy += before
-			} else {
-				ox += before
-			}
-			copy(out.at(oy, ox), t.at(y, x))
-		}
-	}
-	return out
-}
-
-// resizeBilinear is tf.image.resizeBilinear without aligned corners or
-// half-pixel centres.
-func resizeBilinear(t *tensor, h, w int) *tensor {
-	if t.h == h && t.w == w {
-		return t
-	}
-	out := newTensor(h, w, t.c)
-	sy, sx := float64(t.h)/float64(h), float64(t.w)/float64(w)
-	for y := range h {
-		fy := float64(y) * sy
-		y0 := int(fy)
-		y1 := min(y0+1, t.h-1)
-		dy := float32(fy - float64(y0))
-		for x := range w {
-			fx := float64(x) * sx
-			x0 := int(fx)
-			x1 := min(x0+1, t.w-1)
-			dx := float32(fx - float64(x0))
-			a, b, c, d := t.at(y0, x0), t.at(y0, x1), t.at(y1, x0), t.at(y1, x1)
-			o := out.at(y, x)
-			for i := range o {
-				top := a[i] + (b[i]-a[i])*dx
-				bot := c[i] + (d[i]-c[i])*dx
-				o[i] = top + (bot-top)*dy
-			}
-		}
-	}
-	return out
 }
 
 // netInput is face-api's NetInput.toBatchTensor followed by the networks'
-// normalisation: pad to a square, resize to size x size, subtract the mean
-// colour and divide by 255.
-func netInput(t *tensor, size int, center bool, mean [3]float32) *tensor {
-	out := resizeBilinear(padToSquare(t, center), size, size)
-	if out == t {
-		out = &tensor{h: t.h, w: t.w, c: t.c, d: append([]float32(nil), t.d...)}
+// normalisation: pad p with black to a square, after the picture or around it
+// when center is set (the larger half after, as face-api's padToSquare),
+// resize the square to size x size (tf.image.resizeBilinear without aligned
+// corners or half-pixel centres), subtract the mean colour and divide by 255.
+func netInput(p picture, size int, center bool, mean [3]float32) *tensor {
+	side := max(p.w, p.h)
+	before := 0
+	if center {
+		diff := side - min(p.w, p.h)
+		before = diff - int(math.Floor(float64(diff)*0.5+0.5))
 	}
-	for i := 0; i < len(out.d); i += 3 {
-		for c := range 3 {
-			out.d[i+c] = (out.d[i+c] - mean[c]) / 255
+	bx, by := 0, 0
+	if p.w < p.h {
+		bx = before
+	} else {
+		by = before
+	}
+	// px returns the pixel (x, y) of the padded square.
+	px := func(x, y int) (r, g, b float32) {
+		x, y = x-bx, y-by
+		if x < 0 || y < 0 || x >= p.w || y >= p.h {
+			return 0, 0, 0
+		}
+		return p.rgb(x, y)
+	}
+	out := newTensor(size, size, 3)
+	scale := float64(side) / float64(size)
+	for oy := range size {
+		fy := float64(oy) * scale
+		y0 := int(fy)
+		y1 := min(y0+1, side-1)
+		dy := float32(fy - float64(y0))
+		for ox := range size {
+			fx := float64(ox) * scale
+			x0 := int(fx)
+			x1 := min(x0+1, side-1)
+			dx := float32(fx - float64(x0))
+			ar, ag, ab := px(x0, y0)
+			br, bg, bb := px(x1, y0)
+			cr, cg, cb := px(x0, y1)
+			dr, dg, db := px(x1, y1)
+			lerp := func(a, b, c, d float32) float32 {
+				top := a + (b-a)*dx
+				bot := c + (d-c)*dx
+				return top + (bot-top)*dy
+			}
+			o := out.at(oy, ox)
+			o[0] = (lerp(ar, br, cr, dr) - mean[0]) / 255
+			o[1] = (lerp(ag, bg, cg, dg) - mean[1]) / 255
+			o[2] = (lerp(ab, bb, cb, db) - mean[2]) / 255
 		}
 	}
 	return out
@@ -159,7 +163,7 @@ type detection struct {
 
 // detectFaces runs the tiny face detector on img at inputSize (a multiple of
 // 32) and returns the faces scoring above minScore, best first.
-func detectFaces(w weights, img *tensor, inputSize int, minScore float64) []detection {
+func detectFaces(w weights, img picture, inputSize int, minScore float64) []detection {
 	x := netInput(img, inputSize, false, detectorMean)
 	out := leaky(conv2d(x, w.get("conv0/filters"), w.get("conv0/bias"), 1, valid))
 	out = maxPool(out, 2, 2, same)
@@ -266,7 +270,7 @@ func featureNames(fcOut bool) []string {
 // faceFeatures is face-api's FaceFeatureExtractor: four dense blocks of
 // separable convolutions over a 112-pixel face, average-pooled to 256
 // features.
-func faceFeatures(w weights, face *tensor) []float32 {
+func faceFeatures(w weights, face picture) []float32 {
 	out := netInput(face, 112, true, faceMean)
 	for b := range 4 {
 		out = denseBlock4(w, fmt.Sprintf("dense%d", b), out, b == 0)
@@ -290,12 +294,12 @@ func denseBlock4(w weights, prefix string, x *tensor, first bool) *tensor {
 }
 
 // expressions returns the probabilities of Expressions for a face.
-func expressions(w weights, face *tensor) []float32 {
+func expressions(w weights, face picture) []float32 {
 	return softmax(dense(faceFeatures(w, face), w.get("fc/weights"), w.get("fc/bias")))
 }
 
 // landmarks returns the 68 facial landmarks of a face, in pixels of face.
-func landmarks(w weights, face *tensor) [][2]float64 {
+func landmarks(w weights, face picture) [][2]float64 {
 	out := dense(faceFeatures(w, face), w.get("fc/weights"), w.get("fc/bias"))
 	// The network sees the face padded to a square around its centre.
 	scale := 112 / float64(max(face.w, face.h))
@@ -338,7 +342,7 @@ func xceptionNames() []string {
 // ageGender is face-api's AgeGenderNet, a TinyXception with two main blocks:
 // it returns the estimated age in years and the probability that the face
 // is male.
-func ageGender(w weights, face *tensor) (age, male float64) {
+func ageGender(w weights, face picture) (age, male float64) {
 	x := netInput(face, 112, true, faceMean)
 	out := relu(conv2d(x, w.get("entry_flow/conv_in/filters"), w.get("entry_flow/conv_in/bias"), 2, same))
 	out = reductionBlock(w, "entry_flow/reduction_block_0", out, false)
@@ -400,7 +404,7 @@ func recognitionNames() []string {
 // descriptor is face-api's FaceRecognitionNet, a ResNet-34-like network
 // (dlib's face recognition model): it maps a face to 128 numbers such that
 // faces of one person lie within a Euclidean distance of about 0.6.
-func descriptor(w weights, face *tensor) []float32 {
+func descriptor(w weights, face picture) []float32 {
 	x := netInput(face, 150, true, faceMean)
 	out := resConv(w, "conv32_down", x, 2, valid, true)
 	out = maxPool(out, 3, 2, valid)
