@@ -180,6 +180,16 @@ func (m *Model) Stats() LoadStats { return m.stats }
 // advised.
 func (m *Model) Region() *upm.Region { return m.region }
 
+// WeightBytes returns the memory that holds the decoded weights, the bytes
+// that Load advises (read-only once sealed), or nil where they live on the Go
+// heap (outside Linux).
+func (m *Model) WeightBytes() []byte {
+	if m.arena == nil {
+		return nil
+	}
+	return m.arena.Bytes()
+}
+
 // Close releases the model's memory. The Model must not be used afterwards.
 func (m *Model) Close() error {
 	var errs []error

@@ -1,0 +1,302 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	ksmDir       = "/sys/kernel/mm/ksm"
+	upmAdvice    = "/sys/kernel/mm/upm/advice"
+	cgroupRoot   = "/sys/fs/cgroup"
+	cgroupParent = "upmbench"
+)
+
+// --- KSM ------------------------------------------------------------------
+
+// ksmSettings are the KSM knobs a configuration sets.
+type ksmSettings struct {
+	Run            int
+	PagesToScan    int
+	SleepMillisecs int
+}
+
+// ksmKnobs are the files saveKSM saves and restoreKSM restores.
+var ksmKnobs = []string{"run", "pages_to_scan", "sleep_millisecs", "advisor_mode"}
+
+func readKSM(name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(ksmDir, name))
+	return strings.TrimSpace(string(b)), err
+}
+
+func readKSMInt(name string) (int64, error) {
+	s, err := readKSM(name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func writeKSM(name, value string) error {
+	if err := os.WriteFile(filepath.Join(ksmDir, name), []byte(value), 0); err != nil {
+		return fmt.Errorf("set ksm %s to %s: %w", name, value, err)
+	}
+	return nil
+}
+
+// saveKSM returns the current values of ksmKnobs that exist.
+func saveKSM() map[string]string {
+	saved := make(map[string]string)
+	for _, k := range ksmKnobs {
+		if v, err := readKSM(k); err == nil {
+			saved[k] = v
+		}
+	}
+	return saved
+}
+
+// restoreKSM sets the knobs back; run last, so ksmd restarts with its
+// settings in place.
+func restoreKSM(saved map[string]string) error {
+	var errs []error
+	for _, k := range ksmKnobs {
+		if v, ok := saved[k]; ok && k != "run" {
+			if k == "advisor_mode" {
+				// The file shows "[none] scan-time"; write the
+				// bracketed choice.
+				if i, j := strings.Index(v, "["), strings.Index(v, "]"); i >= 0 && j > i {
+					v = v[i+1 : j]
+				}
+			}
+			errs = append(errs, writeKSM(k, v))
+		}
+	}
+	if v, ok := saved["run"]; ok {
+		errs = append(errs, writeKSM("run", v))
+	}
+	return errors.Join(errs...)
+}
+
+// applyKSM sets s. The scan-time advisor (Linux 6.9+) would override
+// pages_to_scan, so it is switched off.
+func applyKSM(s ksmSettings) error {
+	if _, err := readKSM("advisor_mode"); err == nil {
+		if err := writeKSM("advisor_mode", "none"); err != nil {
+			return err
+		}
+	}
+	if s.Run == 1 {
+		if err := writeKSM("pages_to_scan", strconv.Itoa(s.PagesToScan)); err != nil {
+			return err
+		}
+		if err := writeKSM("sleep_millisecs", strconv.Itoa(s.SleepMillisecs)); err != nil {
+			return err
+		}
+	}
+	return writeKSM("run", strconv.Itoa(s.Run))
+}
+
+// unmergeKSM has ksmd unmerge every merged page (run=2) and waits until none
+// is left, then stops it.
+func unmergeKSM(timeout time.Duration) error {
+	if err := writeKSM("run", "2"); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		shared, err1 := readKSMInt("pages_shared")
+		sharing, err2 := readKSMInt("pages_sharing")
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		if shared == 0 && sharing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ksm still has %d shared pages %v after run=2", shared, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return writeKSM("run", "0")
+}
+
+// ksmCounters are the KSM counters sampled during a measurement.
+type ksmCounters struct {
+	PagesSharing int64
+	FullScans    int64
+}
+
+func readKSMCounters() ksmCounters {
+	var c ksmCounters
+	c.PagesSharing, _ = readKSMInt("pages_sharing")
+	c.FullScans, _ = readKSMInt("full_scans")
+	return c
+}
+
+// ksmdCPU returns the CPU time (user and system) that the ksmd kernel thread
+// has used, or 0 if there is no ksmd.
+func ksmdCPU(fs procfs.FS) time.Duration {
+	procs, err := fs.AllProcs()
+	if err != nil {
+		return 0
+	}
+	for _, p := range procs {
+		if comm, err := p.Comm(); err == nil && comm == "ksmd" {
+			if st, err := p.Stat(); err == nil {
+				return time.Duration(st.CPUTime() * float64(time.Second))
+			}
+		}
+	}
+	return 0
+}
+
+// hasUPM reports whether the kernel has UPM.
+func hasUPM() bool {
+	_, err := os.Stat(upmAdvice)
+	return err == nil
+}
+
+// --- memory -------------------------------------------------------------------
+
+// usedMemory returns MemTotal - MemAvailable from /proc/meminfo, in bytes.
+func usedMemory(fs procfs.FS) (int64, error) {
+	mi, err := fs.Meminfo()
+	if err != nil {
+		return 0, err
+	}
+	if mi.MemTotalBytes == nil || mi.MemAvailableBytes == nil {
+		return 0, errors.New("/proc/meminfo lacks MemTotal or MemAvailable")
+	}
+	return int64(*mi.MemTotalBytes) - int64(*mi.MemAvailableBytes), nil
+}
+
+// pss returns the proportional set size of process pid, in bytes.
+func pss(fs procfs.FS, pid int) (int64, error) {
+	p, err := fs.Proc(pid)
+	if err != nil {
+		return 0, err
+	}
+	r, err := p.ProcSMapsRollup()
+	if err != nil {
+		return 0, err
+	}
+	return int64(r.Pss), nil
+}
+
+// --- cgroups ------------------------------------------------------------------
+
+// cgroups places instances in cgroup v2 memory groups under
+// /sys/fs/cgroup/upmbench.
+type cgroups struct {
+	parent string
+}
+
+// setupCgroups finds the cgroup v2 hierarchy, mounting it at /sys/fs/cgroup
+// if nothing is mounted there, and makes the parent group with the memory
+// controller enabled for its children. It refuses a cgroup v1 hierarchy:
+// the memory controller is then bound to it.
+func setupCgroups() (*cgroups, error) {
+	root := cgroupRoot
+	switch {
+	case isCgroup2(root):
+	case isCgroup2(filepath.Join(root, "unified")):
+		root = filepath.Join(root, "unified")
+	case isMountPoint(root):
+		return nil, fmt.Errorf("%s holds a cgroup v1 hierarchy, not cgroup v2", root)
+	default:
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, err
+		}
+		if err := unix.Mount("cgroup2", root, "cgroup2", 0, ""); err != nil {
+			return nil, fmt.Errorf("mount cgroup2 at %s: %w", root, err)
+		}
+	}
+	if err := enableMemory(root); err != nil {
+		return nil, err
+	}
+	parent := filepath.Join(root, cgroupParent)
+	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	if err := enableMemory(parent); err != nil {
+		return nil, err
+	}
+	return &cgroups{parent: parent}, nil
+}
+
+func isCgroup2(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// isMountPoint reports whether something is mounted at dir.
+func isMountPoint(dir string) bool {
+	var st, up unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &up) != nil {
+		return false
+	}
+	return st.Dev != up.Dev
+}
+
+func enableMemory(dir string) error {
+	ctl := filepath.Join(dir, "cgroup.subtree_control")
+	b, err := os.ReadFile(ctl)
+	if err == nil && strings.Contains(" "+string(b), " memory") {
+		return nil
+	}
+	if err := os.WriteFile(ctl, []byte("+memory"), 0); err != nil {
+		return fmt.Errorf("enable the memory controller in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// create makes the group of one instance, removing a stale one.
+func (c *cgroups) create(name string) (string, error) {
+	dir := filepath.Join(c.parent, name)
+	_ = unix.Rmdir(dir)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// remove removes a group, waiting a little for its processes to be gone.
+func (c *cgroups) remove(dir string) error {
+	var err error
+	for range 50 {
+		if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+func (c *cgroups) close() error {
+	return c.remove(c.parent)
+}
+
+// memoryCurrent returns memory.current of the group dir, in bytes.
+func memoryCurrent(dir string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "memory.current"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// addToCgroup moves pid into the group dir.
+func addToCgroup(dir string, pid int) error {
+	return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+}
