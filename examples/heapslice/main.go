@@ -17,8 +17,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math"
+	"os"
 	"time"
 
 	"github.com/upm-project/upm"
@@ -33,8 +35,15 @@ func main() {
 		log.Fatal("-mib must be positive")
 	}
 
+	if err := run(os.Stdout, *mib); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// run makes mib MiB of weights, advises them and reports on w.
+func run(w io.Writer, mib int) error {
 	// The same numbers in every run: what instances of one function load.
-	weights := make([]float32, *mib<<20/4)
+	weights := make([]float32, mib<<20/4)
 	for i := range weights {
 		weights[i] = float32(math.Sin(float64(i) / 1000))
 	}
@@ -44,35 +53,36 @@ func main() {
 	took := time.Since(start)
 	switch {
 	case errors.Is(err, upm.ErrUnsupported):
-		fmt.Printf("not advised, the program works as before: %v\n\n%s", err, upm.Diagnose())
-		return
+		fmt.Fprintf(w, "not advised, the program works as before: %v\n\n%s", err, upm.Diagnose())
+		return nil
 	case err != nil:
-		log.Fatal(err)
+		return err
 	}
-	fmt.Printf("advised %d of the slice's %d bytes at %#x in %v (backend %s)\n",
+	fmt.Fprintf(w, "advised %d of the slice's %d bytes at %#x in %v (backend %s)\n",
 		region.Len(), len(weights)*4, region.Addr(), took.Round(time.Microsecond), region.Backend())
-	fmt.Println("only whole pages inside the slice are advised: its ends are rounded inwards")
+	fmt.Fprintln(w, "only whole pages inside the slice are advised: its ends are rounded inwards")
 
 	merged, exact, err := region.Merged()
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	how := "a lower bound (read /proc/self/smaps; root reads page flags exactly)"
 	if exact {
 		how = "exact"
 	}
-	fmt.Printf("merged now: %d bytes, %s\n", merged, how)
+	fmt.Fprintf(w, "merged now: %d bytes, %s\n", merged, how)
 
 	ps, err := upm.ReadProcessStats()
 	if err != nil {
-		log.Printf("process stats: %v", err)
+		fmt.Fprintf(w, "process stats: %v\n", err)
 	}
-	fmt.Printf("process: %d region(s), %d bytes advised; Rss %d KiB, Pss %d KiB; ksm_merging_pages %d, ksm_process_profit %d\n",
+	fmt.Fprintf(w, "process: %d region(s), %d bytes advised; Rss %d KiB, Pss %d KiB; ksm_merging_pages %d, ksm_process_profit %d\n",
 		ps.Regions, ps.AdvisedBytes, ps.Rss>>10, ps.Pss>>10, ps.MergingPages, ps.Profit)
-	fmt.Printf("\n%s", region.Diagnose())
+	fmt.Fprintf(w, "\n%s", region.Diagnose())
 
 	if err := region.Unadvise(); err != nil {
-		log.Fatal(err)
+		return err
 	}
-	fmt.Println("\nunadvised: the pages are private again")
+	fmt.Fprintln(w, "\nunadvised: the pages are private again")
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math"
 	"os"
@@ -33,43 +34,52 @@ func main() {
 	out := flag.String("o", "upm.pb.gz", "profile file to write")
 	flag.Parse()
 
+	if err := run(os.Stdout, *out); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// run advises the weights and the table, writes the profile to out and
+// shows it on w.
+func run(w io.Writer, out string) error {
 	if _, err := loadWeights(); err != nil {
 		if errors.Is(err, upm.ErrUnsupported) {
-			fmt.Printf("nothing to profile: %v\n\n%s", err, upm.Diagnose())
-			return
+			fmt.Fprintf(w, "nothing to profile: %v\n\n%s", err, upm.Diagnose())
+			return nil
 		}
-		log.Fatal(err)
+		return err
 	}
 	if _, err := buildTable(); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
-	f, err := os.Create(*out)
+	f, err := os.Create(out)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	if err := upm.WriteProfile(f); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	if err := f.Close(); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
 	// Read the profile back, as pprof would, and show its samples.
-	f, err = os.Open(*out)
+	f, err = os.Open(out)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer f.Close()
 	p, err := profile.Parse(f)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
-	fmt.Printf("wrote %s: %d samples (%s, %s)\n", *out, len(p.Sample), p.SampleType[0].Type, p.SampleType[1].Type)
+	fmt.Fprintf(w, "wrote %s: %d samples (%s, %s)\n", out, len(p.Sample), p.SampleType[0].Type, p.SampleType[1].Type)
 	for _, s := range p.Sample {
-		fmt.Printf("  %-40s %9d bytes advised, %9d merged  %v\n", s.Location[0].Line[0].Function.Name, s.Value[0], s.Value[1], s.Label)
+		fmt.Fprintf(w, "  %-40s %9d bytes advised, %9d merged  %v\n", s.Location[0].Line[0].Function.Name, s.Value[0], s.Value[1], s.Label)
 	}
-	fmt.Printf("\nsee it with:\n  go tool pprof -top %s\n  go tool pprof -top -sample_index=merged %s\n  go tool pprof -tags %s\n", *out, *out, *out)
+	fmt.Fprintf(w, "\nsee it with:\n  go tool pprof -top %s\n  go tool pprof -top -sample_index=merged %s\n  go tool pprof -tags %s\n", out, out, out)
+	return nil
 }
 
 // weights is kept advised for the life of the process, as model weights are.
