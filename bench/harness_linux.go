@@ -200,8 +200,11 @@ type Result struct {
 	// bytes each advised.
 	AdviseTimes []time.Duration
 	Advised     int64
-	// Instances are the instances' ready records.
-	Instances []Ready
+	// Instances are the instances' ready records, and InstancePSS and
+	// InstanceCgroupMem their PSS and memory.current at the end.
+	Instances         []Ready
+	InstancePSS       []int64
+	InstanceCgroupMem []int64
 	// Isolation says how instances were placed (cgroups, namespaces).
 	Isolation string
 }
@@ -227,6 +230,8 @@ type Harness struct {
 	nsFlags   uintptr
 	isolation []string
 	savedKSM  map[string]string
+	tmp       string
+	face      string
 }
 
 // NewHarness prepares the system for measurements: in the guest it saves
@@ -237,6 +242,13 @@ func NewHarness(o Options, exe string) (*Harness, error) {
 		return nil, err
 	}
 	h := &Harness{Opts: o, Exe: exe, fs: fs}
+	if h.tmp, err = os.MkdirTemp("", "upmbench-"); err != nil {
+		return nil, err
+	}
+	if h.face, err = writeSampleFace(o.ModelDir, h.tmp); err != nil {
+		os.RemoveAll(h.tmp)
+		return nil, err
+	}
 	if !o.InGuest {
 		h.isolation = []string{"plain processes (host: no cgroups or namespaces)"}
 		return h, nil
@@ -254,7 +266,7 @@ func NewHarness(o Options, exe string) (*Harness, error) {
 
 // Close restores KSM's settings and removes the cgroups.
 func (h *Harness) Close() error {
-	var errs []error
+	errs := []error{os.RemoveAll(h.tmp)}
 	if h.savedKSM != nil {
 		errs = append(errs, restoreKSM(h.savedKSM))
 	}
@@ -383,7 +395,7 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 	readyAt := time.Now()
 	c0 := readKSMCounters()
 	lastScan, lastSharing := c0.FullScans, c0.PagesSharing
-	scans := 0
+	var scans int
 	for {
 		waited := time.Since(readyAt)
 		if waited >= o.Settle {
@@ -395,10 +407,11 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 				break
 			}
 			// Settled: two full scans since the last instance was
-			// ready, the last of which merged nothing more.
+			// ready, and pages_sharing steady (within 1%) since the
+			// previous look, at least a full scan ago.
 			c := readKSMCounters()
 			if c.FullScans != lastScan {
-				scans++
+				scans += int(c.FullScans - lastScan)
 				settled := scans >= 2 && abs(c.PagesSharing-lastSharing) <= max(lastSharing/100, 16)
 				lastScan, lastSharing = c.FullScans, c.PagesSharing
 				if settled {
@@ -410,6 +423,15 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 	}
 	res.Waited = time.Since(readyAt)
 	stopSampling()
+	for _, inst := range insts {
+		p, _ := pss(h.fs, inst.cmd.Process.Pid)
+		var m int64
+		if inst.cgroup != "" {
+			m, _ = memoryCurrent(inst.cgroup)
+		}
+		res.InstancePSS = append(res.InstancePSS, p)
+		res.InstanceCgroupMem = append(res.InstanceCgroupMem, m)
+	}
 	final := sample()
 	samples = append(samples, final)
 	res.Samples = samples
@@ -487,6 +509,7 @@ func (h *Harness) start(cfg Config, name string) (*instance, error) {
 			InstanceEnv+"="+name,
 			"UPM_BACKEND="+cfg.Backend,
 			"UPM_MODEL_DIR="+h.Opts.ModelDir,
+			FaceEnv+"="+h.face,
 			// A serverless instance has a CPU or so to itself.
 			"GOMAXPROCS=1",
 		)

@@ -117,7 +117,7 @@ func TestReportWrite(t *testing.T) {
 	assert.Contains(t, string(md), "| upm | 4 | 70.0 |")
 	assert.Contains(t, string(md), "maphash: 5000 MB/s")
 	assert.Contains(t, string(md), "needs the UPM kernel")
-	for _, name := range []string{"results.csv", "samples.csv", "memory_vs_instances.svg", "memory_vs_instances.png", "memory_over_time.svg", "memory_over_time.png"} {
+	for _, name := range []string{"results.csv", "samples.csv", "instances.csv", "memory_vs_instances.svg", "memory_vs_instances.png", "memory_over_time.svg", "memory_over_time.png"} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if assert.NoError(t, err) {
 			assert.NotZero(t, st.Size(), name)
@@ -168,4 +168,47 @@ func TestInstances(t *testing.T) {
 		assert.NotEmpty(t, r.Samples)
 		assert.GreaterOrEqual(t, r.Ready, time.Duration(0))
 	}
+}
+
+// TestKSMSettings runs the KSM knob handling on a fake sysfs directory.
+func TestKSMSettings(t *testing.T) {
+	dir := t.TempDir()
+	old := ksmDir
+	ksmDir = dir
+	t.Cleanup(func() { ksmDir = old })
+	files := map[string]string{
+		"run": "0", "pages_to_scan": "100", "sleep_millisecs": "20",
+		"advisor_mode": "none [scan-time]", "pages_shared": "0", "pages_sharing": "0", "full_scans": "7",
+	}
+	for k, v := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, k), []byte(v+"\n"), 0o644))
+	}
+	read := func(k string) string {
+		b, err := os.ReadFile(filepath.Join(dir, k))
+		require.NoError(t, err)
+		return strings.TrimSpace(string(b))
+	}
+
+	saved := saveKSM()
+	assert.Equal(t, "none [scan-time]", saved["advisor_mode"])
+
+	require.NoError(t, applyKSM(ksmSettings{Run: 1, PagesToScan: 20000, SleepMillisecs: 0}))
+	assert.Equal(t, "1", read("run"))
+	assert.Equal(t, "20000", read("pages_to_scan"))
+	assert.Equal(t, "0", read("sleep_millisecs"))
+	assert.Equal(t, "none", read("advisor_mode"))
+
+	require.NoError(t, unmergeKSM(time.Second))
+	assert.Equal(t, "0", read("run"), "stopped after unmerging")
+	assert.EqualValues(t, 7, readKSMCounters().FullScans)
+
+	require.NoError(t, restoreKSM(saved))
+	assert.Equal(t, "0", read("run"))
+	assert.Equal(t, "100", read("pages_to_scan"))
+	assert.Equal(t, "20", read("sleep_millisecs"))
+	assert.Equal(t, "scan-time", read("advisor_mode"))
+
+	// Merged pages that never go: unmerging times out.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "pages_sharing"), []byte("5"), 0o644))
+	assert.ErrorContains(t, unmergeKSM(200*time.Millisecond), "still has")
 }

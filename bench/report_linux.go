@@ -144,6 +144,7 @@ func (rep *Report) Write(dir string) error {
 		rep.writeMarkdown(filepath.Join(dir, "results.md"), figs),
 		rep.writeCSV(filepath.Join(dir, "results.csv"), figs),
 		rep.writeSamples(filepath.Join(dir, "samples.csv")),
+		rep.writeInstances(filepath.Join(dir, "instances.csv")),
 		rep.plotMemory(dir, figs),
 		rep.plotOverTime(dir),
 	)
@@ -199,7 +200,7 @@ func (rep *Report) writeMarkdown(path string, figs []Figures) error {
 			fmt.Fprintf(&b, "- %s\n", s)
 		}
 	}
-	b.WriteString("\nPlots: memory_vs_instances.svg/.png, memory_over_time.svg/.png. Raw data: results.csv, samples.csv.\n")
+	b.WriteString("\nPlots: memory_vs_instances.svg/.png, memory_over_time.svg/.png. Raw data: results.csv, samples.csv (every sample), instances.csv (each instance at the end).\n")
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
@@ -234,6 +235,30 @@ func (rep *Report) writeSamples(path string) error {
 			_ = w.Write([]string{r.Config, strconv.Itoa(r.N), num(s.T.Seconds(), 3), strconv.FormatBool(s.T >= r.Ready),
 				num(float64(s.PSS)/mib, 2), num(float64(s.CgroupMem)/mib, 2), num(float64(s.Used)/mib, 2),
 				strconv.FormatInt(s.PagesSharing, 10)})
+		}
+	}
+	w.Flush()
+	return errors.Join(w.Error(), f.Close())
+}
+
+func (rep *Report) writeInstances(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	_ = w.Write([]string{"config", "n", "instance", "backend", "pss_mib", "cgroup_mib", "advised_mib",
+		"load_ms", "advise_ms", "advise_sys_ms", "classify_ms", "result"})
+	ms := func(d time.Duration) string { return num(float64(d.Microseconds())/1000, 3) }
+	for _, r := range rep.Results {
+		for i, in := range r.Instances {
+			var p, m int64
+			if i < len(r.InstancePSS) {
+				p, m = r.InstancePSS[i], r.InstanceCgroupMem[i]
+			}
+			_ = w.Write([]string{r.Config, strconv.Itoa(r.N), in.Name, in.Backend,
+				num(float64(p)/mib, 2), num(float64(m)/mib, 2), num(float64(in.AdvisedBytes)/mib, 2),
+				ms(in.LoadTime), ms(in.AdviseTime), ms(in.AdviseSysTime), ms(in.ClassifyTime), in.Result})
 		}
 	}
 	w.Flush()

@@ -16,8 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ksmDir is KSM's sysfs directory; tests point it elsewhere.
+var ksmDir = "/sys/kernel/mm/ksm"
+
 const (
-	ksmDir       = "/sys/kernel/mm/ksm"
 	upmAdvice    = "/sys/kernel/mm/upm/advice"
 	cgroupRoot   = "/sys/fs/cgroup"
 	cgroupParent = "upmbench"
