@@ -4,11 +4,14 @@ BUILD ?= $(CURDIR)/build
 GO ?= go
 KERNEL_PLAIN := $(BUILD)/kernel-plain/arch/x86/boot/bzImage
 KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
+# Built by kernel/build.sh; the VM rig puts it into the guest's /bin.
+export UPM_SELFTEST := $(BUILD)/selftests/upm_functional_tests
+MODEL := $(BUILD)/model
 # QEMU under TCG: KVM guests die on our machines (see kernel/README.md).
 VMTEST_QEMU ?= qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2
 export VMTEST_QEMU
 
-.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo clean
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model clean
 
 all: test
 
@@ -51,9 +54,27 @@ vm: kernel
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_TEST_RUN='$(RUN)' \
 		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 
-## demo: the main job (see README.md).
-demo:
-	$(GO) run ./examples/ksmdemo
+model:
+	examples/imageclass/fetch-model.sh
+
+## demo: the main job: build the kernel if needed, boot the guest, start 16
+## instances of the image-recognition function under each configuration (no
+## dedup, stock KSM at defaults and tuned, UPM), print the table and write
+## the plots to build/results/demo.
+demo: kernel model
+	@mkdir -p $(BUILD)/results/demo
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/demo \
+		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_N=$${UPM_BENCH_N:-16} \
+		$(GO) test -v -count=1 -timeout 90m -run 'TestBench$$' ./...
+	@cat $(BUILD)/results/demo/results.md 2>/dev/null || true
+
+## bench: the full sweep (1, 2, 4, 8, 16 instances) into build/results/bench.
+bench: kernel model
+	@mkdir -p $(BUILD)/results/bench
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/bench \
+		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_N=$${UPM_BENCH_N:-1,2,4,8,16} \
+		$(GO) test -v -count=1 -timeout 180m -run 'TestBench$$' ./...
+	@cat $(BUILD)/results/bench/results.md 2>/dev/null || true
 
 clean:
 	rm -rf $(BUILD)

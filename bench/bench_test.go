@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"flag"
 	"fmt"
 	"hash/maphash"
 	"math"
@@ -25,6 +26,15 @@ func TestMain(m *testing.M) {
 	// The harness itself advises nothing; each instance gets its own
 	// UPM_BACKEND.
 	os.Setenv("UPM_BACKEND", "none")
+	// In the guest the rig cannot pass -test.timeout (or -test.benchtime);
+	// it passes them through the environment.
+	flag.Parse()
+	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
+		_ = flag.Set("test.timeout", v)
+	}
+	if flag.Lookup("test.benchtime").Value.String() == "1s" {
+		_ = flag.Set("test.benchtime", "1x")
+	}
 	code := m.Run()
 	if report != nil && (len(report.Results) > 0 || len(report.HashMBps) > 0) {
 		if err := report.Write(report.Opts.ResultsDir); err != nil {

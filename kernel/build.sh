@@ -97,6 +97,15 @@ else
 		done
 	fi
 	if [ "$same" = 0 ]; then
+		# Files whose content ends up as it was keep their timestamps, so
+		# changing one patch does not rebuild everything that includes a
+		# file another patch touches (the uapi header, say).
+		keep=$build/patch-mtimes
+		rm -rf "$keep" && mkdir -p "$keep"
+		touched=$(cat "$applied"/*.patch $(want_series) 2>/dev/null | sed -n 's|^+++ b/||p' | sort -u)
+		for f in $touched; do
+			[ -f "$src/$f" ] && mkdir -p "$keep/$(dirname "$f")" && cp -p "$src/$f" "$keep/$f"
+		done
 		for p in $(ls "$applied" | sort -r); do
 			log "reverting $p"
 			patch -d "$src" -p1 -R -s --no-backup-if-mismatch <"$applied/$p" ||
@@ -109,6 +118,12 @@ else
 				die "$p does not apply to linux-source-6.12 $version"
 			cp "$here/patches/$p" "$applied/$p"
 		done
+		for f in $touched; do
+			if [ -f "$keep/$f" ] && cmp -s "$keep/$f" "$src/$f"; then
+				touch -r "$keep/$f" "$src/$f"
+			fi
+		done
+		rm -rf "$keep"
 	fi
 	# New files of the UPM series: copy only what differs, so that make
 	# sees unchanged timestamps for everything else.

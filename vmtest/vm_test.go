@@ -32,7 +32,44 @@ var guestPackages = []string{
 // guests die with "KVM internal error. Suberror: 1".
 const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2"
 
+// TestGuest runs the tests of guestPackages inside the guest: make test-vm.
 func TestGuest(t *testing.T) {
+	packages := guestPackages
+	if v := os.Getenv("UPM_GUEST_PACKAGES"); v != "" {
+		packages = strings.Split(v, ",")
+	}
+	runGuest(t, packages, nil)
+}
+
+// TestBench runs the density benchmarks of bench/ inside the guest: make
+// demo (16 instances) and make bench (the whole sweep). The model the
+// function loads goes into the guest's /model.
+func TestBench(t *testing.T) {
+	if os.Getenv("UPM_BENCH") == "" {
+		t.Skip("runs the density benchmarks for make demo and make bench (UPM_BENCH=1)")
+	}
+	model := os.Getenv("UPM_MODEL_DIR")
+	if model == "" {
+		t.Fatal("UPM_MODEL_DIR: the model directory made by examples/imageclass/fetch-model.sh")
+	}
+	model, err := filepath.Abs(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"UPM_MODEL_DIR=/model"}
+	for _, name := range []string{"UPM_BENCH_N", "UPM_BENCH_KSM_WAIT", "UPM_BENCH_CONFIGS"} {
+		if v := os.Getenv(name); v != "" {
+			env = append(env, name+"="+v)
+		}
+	}
+	runGuest(t, []string{"github.com/upm-project/upm/bench"}, env, model+":model")
+}
+
+// runGuest boots VMTEST_KERNEL under QEMU, runs the Go tests (and
+// benchmarks) of packages inside it with env added to the guest's
+// environment and files added to its initramfs, shares UPM_RESULTS_DIR with
+// it, and fails on any kernel report on the console.
+func runGuest(t *testing.T, packages, env []string, files ...string) {
 	kernel := os.Getenv("VMTEST_KERNEL")
 	if kernel == "" {
 		t.Skip("needs a guest kernel: run make test, or set VMTEST_KERNEL to a bzImage from kernel/build.sh")
@@ -56,28 +93,29 @@ func TestGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The kselftest-style C test, built by kernel/build.sh next to the
-	// kernel, goes into the guest's /bin; internal/integration runs it.
-	var files []string
-	selftest := filepath.Join(filepath.Dir(kernel), "../../../../selftests/upm_functional_tests")
-	if _, err := os.Stat(selftest); err == nil {
+	// The kselftest-style C test, built by kernel/build.sh, goes into the
+	// guest's /bin; internal/integration runs it.
+	if selftest := os.Getenv("UPM_SELFTEST"); selftest != "" {
+		if _, err := os.Stat(selftest); err != nil {
+			t.Fatalf("UPM_SELFTEST: %v", err)
+		}
 		files = append(files, selftest+":bin/upm_functional_tests")
 	}
 
-	packages := guestPackages
-	if v := os.Getenv("UPM_GUEST_PACKAGES"); v != "" {
-		packages = strings.Split(v, ",")
-	}
+	// gouinit runs each test binary with its default -test.timeout of 10
+	// minutes; our TestMains take the real one from the environment.
+	testTimeout := durationFromEnv(t, "UPM_GUEST_TEST_TIMEOUT", 30*time.Minute)
+	env = append(env, "UPM_GO_TEST_TIMEOUT="+testTimeout.String())
 
 	console := newConsoleWatcher()
 	govmtest.Run(t, "vm",
 		govmtest.WithPackageToTest(packages...),
 		govmtest.WithUimage(uimage.WithFiles(files...)),
-		govmtest.WithGoTestTimeout(durationFromEnv(t, "UPM_GUEST_TEST_TIMEOUT", 20*time.Minute)),
+		govmtest.WithGoTestTimeout(testTimeout),
 		govmtest.WithQEMUFn(
 			qemu.WithVMTimeout(durationFromEnv(t, "UPM_VM_TIMEOUT", 45*time.Minute)),
 			qemu.WithSerialOutput(console),
-			qemu.WithAppendKernel(kernelArgs()...),
+			qemu.WithAppendKernel(append(kernelArgs(), env...)...),
 			qemu.P9Directory(resultsDir, "upmresults"),
 		),
 	)

@@ -54,7 +54,7 @@ func TestKSMFallbackMerges(t *testing.T) {
 
 	// Unadvise breaks every merge of that process at once.
 	ws[1].must("unadvise")
-	require.Equal(t, int64(0), ws[1].mustInt("merged"))
+	require.Equal(t, int64(0), ws[1].mustInt("ksmpages 0 %d", shared+unique))
 	for _, w := range ws {
 		w.must("check")
 	}

@@ -123,6 +123,8 @@ func TestUPMUnmergeable(t *testing.T) {
 
 	b.must("unadvise")
 	assert.Equal(t, int64(0), b.mustInt("stat"))
+	assert.Equal(t, int64(0), b.mustInt("ksmpages 0 %d", shared), "b's pages are private again")
+	assert.Equal(t, int64(shared), a.mustInt("ksmpages 0 %d", shared), "a's pages are still KSM pages")
 	// a's pages are still KSM pages, now mapped once: pages_shared counts
 	// them until a unmerges or exits.
 	assert.Equal(t, ksmCounters{shared: shared}, readKSM(t))

@@ -39,6 +39,7 @@ import (
 //	write PAGE                                 change one byte of a page
 //	check                                      verify every page against what it should hold
 //	merged                                     Region.Merged in bytes
+//	ksmpages FIRST N                           KSM pages mapped there, from pagemap and kpageflags
 //	stat                                       ksm_merging_pages from /proc/self/ksm_stat
 //	unmap FIRST N                              munmap pages
 //	exit
@@ -55,6 +56,9 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	if run := os.Getenv("UPM_TEST_RUN"); run != "" {
 		_ = flag.Set("test.run", run)
+	}
+	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
+		_ = flag.Set("test.timeout", v)
 	}
 	os.Exit(m.Run())
 }
@@ -233,6 +237,10 @@ func (w *workerState) do(f []string) (string, error) {
 			return "", errors.New("merged bytes unknown")
 		}
 		return fmt.Sprint(n), nil
+	case "ksmpages":
+		// KSM pages mapped in a range, counted by the kernel's page
+		// flags rather than by the upm package.
+		return ksmPagesIn(w.pages(atoi(f[1]), atoi(f[2])))
 	case "stat":
 		b, err := os.ReadFile("/proc/self/ksm_stat")
 		if err != nil {
@@ -327,4 +335,38 @@ func (w *worker) exit() {
 	w.t.Helper()
 	w.must("exit")
 	require.NoError(w.t, w.cmd.Wait())
+}
+
+// ksmPagesIn counts the KSM pages mapped in mem from /proc/self/pagemap and
+// /proc/kpageflags (root only; our kernel carries the KPF_KSM fix).
+func ksmPagesIn(mem []byte) (string, error) {
+	pagemap, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return "", err
+	}
+	defer pagemap.Close()
+	kpageflags, err := os.Open("/proc/kpageflags")
+	if err != nil {
+		return "", err
+	}
+	defer kpageflags.Close()
+	first := uintptrOf(mem) / pageSize
+	var n int
+	var buf [8]byte
+	for i := 0; i < len(mem)/pageSize; i++ {
+		if _, err := pagemap.ReadAt(buf[:], int64(first+uintptr(i))*8); err != nil {
+			return "", err
+		}
+		entry := binary.LittleEndian.Uint64(buf[:])
+		if entry&(1<<63) == 0 {
+			continue
+		}
+		if _, err := kpageflags.ReadAt(buf[:], int64(entry&(1<<55-1))*8); err != nil {
+			return "", err
+		}
+		if binary.LittleEndian.Uint64(buf[:])&(1<<21) != 0 {
+			n++
+		}
+	}
+	return strconv.Itoa(n), nil
 }
