@@ -6,12 +6,14 @@ KERNEL_PLAIN := $(BUILD)/kernel-plain/arch/x86/boot/bzImage
 KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
 # Built by kernel/build.sh; the VM rig puts it into the guest's /bin.
 export UPM_SELFTEST := $(BUILD)/selftests/upm_functional_tests
+# The upm package's tests, built for the guest (see vmtest/vm_test.go).
+export UPM_LIBRARY_TESTS := $(BUILD)/guest/upm.test
 MODEL := $(BUILD)/model
 # QEMU under TCG: KVM guests die on our machines (see kernel/README.md).
 VMTEST_QEMU ?= qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2
 export VMTEST_QEMU
 
-.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model clean
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model guest-tests clean
 
 all: test
 
@@ -20,7 +22,7 @@ all: test
 test: test-host test-vm test-vm-debug
 
 ## test-host: vet, formatting and the Go tests that run on any Linux host.
-test-host: check
+test-host: check model
 	$(GO) test -count=1 ./...
 
 check:
@@ -36,21 +38,24 @@ kernel-debug:
 	kernel/build.sh debug
 
 ## test-vm: boot the plain UPM kernel and run the Go tests inside it.
-test-vm: kernel
+guest-tests:
+	CGO_ENABLED=0 $(GO) test -c -o $(UPM_LIBRARY_TESTS) .
+
+test-vm: kernel guest-tests
 	@mkdir -p $(BUILD)/results/plain
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/plain \
 		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 
 ## test-vm-debug: the same tests on the debug kernel; any lockdep, KASAN or
 ## DEBUG_VM report fails the run.
-test-vm-debug: kernel-debug
+test-vm-debug: kernel-debug guest-tests
 	@mkdir -p $(BUILD)/results/debug
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_DEBUG) UPM_RESULTS_DIR=$(BUILD)/results/debug \
 		UPM_KERNEL_FLAVOUR=debug $(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 
 ## vm: boot the plain kernel and run chosen guest tests, e.g.
 ##   make vm RUN=TestUPMMergesAtOnce
-vm: kernel
+vm: kernel guest-tests
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_TEST_RUN='$(RUN)' \
 		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 

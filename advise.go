@@ -212,7 +212,9 @@ func (r *Region) releaseLocked() {
 }
 
 // Merged reports how many bytes of the Region are currently backed by pages
-// merged with others (KSM pages).
+// merged with others (KSM pages). A KSM page stays one when its other
+// mappings go away (the other process wrote its copy, or exited), so the
+// count can include pages that are, for now, mapped only here.
 //
 // ok reports whether the count is exact. It is exact when the process can
 // read page frame numbers (/proc/self/pagemap with CAP_SYS_ADMIN, and

@@ -23,8 +23,13 @@ import (
 
 // guestPackages are the packages whose tests run inside the guest;
 // UPM_GUEST_PACKAGES (comma-separated) chooses others.
+//
+// The upm package's own tests run there too, but not as a package of
+// govmtest's: it copies the whole package directory into the guest, and the
+// upm package's directory is the repository, build tree included. Its test
+// binary (UPM_LIBRARY_TESTS) goes into the guest's /bin instead, and
+// internal/integration runs it.
 var guestPackages = []string{
-	"github.com/upm-project/upm",
 	"github.com/upm-project/upm/internal/integration",
 }
 
@@ -93,13 +98,19 @@ func runGuest(t *testing.T, packages, env []string, files ...string) {
 		t.Fatal(err)
 	}
 
-	// The kselftest-style C test, built by kernel/build.sh, goes into the
-	// guest's /bin; internal/integration runs it.
-	if selftest := os.Getenv("UPM_SELFTEST"); selftest != "" {
-		if _, err := os.Stat(selftest); err != nil {
-			t.Fatalf("UPM_SELFTEST: %v", err)
+	// The kselftest-style C test, built by kernel/build.sh, and the upm
+	// package's test binary go into the guest's /bin; internal/integration
+	// runs them.
+	for env, guest := range map[string]string{
+		"UPM_SELFTEST":      "bin/upm_functional_tests",
+		"UPM_LIBRARY_TESTS": "bin/upm.test",
+	} {
+		if host := os.Getenv(env); host != "" {
+			if _, err := os.Stat(host); err != nil {
+				t.Fatalf("%s: %v", env, err)
+			}
+			files = append(files, host+":"+guest)
 		}
-		files = append(files, selftest+":bin/upm_functional_tests")
 	}
 
 	// gouinit runs each test binary with its default -test.timeout of 10
@@ -137,8 +148,10 @@ func kernelArgs() []string {
 	if flavour := os.Getenv("UPM_KERNEL_FLAVOUR"); flavour != "" {
 		args = append(args, "UPM_KERNEL_FLAVOUR="+flavour)
 	}
-	if run := os.Getenv("UPM_TEST_RUN"); run != "" {
-		args = append(args, "UPM_TEST_RUN="+run)
+	for _, name := range []string{"UPM_TEST_RUN", "UPM_LIBRARY_RUN"} {
+		if v := os.Getenv(name); v != "" {
+			args = append(args, name+"="+v)
+		}
 	}
 	return args
 }

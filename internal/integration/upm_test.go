@@ -272,3 +272,24 @@ func TestUPMSelftest(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(out), "# Totals: pass:5 fail:0")
 }
+
+// TestLibraryTests runs the upm package's own tests in the guest, where its
+// UPM-backend tests do not skip. The VM rig puts the test binary, built with
+// go test -c, into /bin.
+func TestLibraryTests(t *testing.T) {
+	requireGuest(t)
+	const bin = "/bin/upm.test"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not in this guest: make test-vm builds it", bin)
+	}
+	args := []string{"-test.v", "-test.count=1"}
+	if run := os.Getenv("UPM_LIBRARY_RUN"); run != "" {
+		args = append(args, "-test.run="+run)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s:\n%s", bin, out)
+	require.NoError(t, err, "the upm package's tests failed in the guest")
+	require.Contains(t, string(out), "--- PASS: TestUPMMergesAcrossProcesses", "the UPM-backend tests ran")
+}
