@@ -102,7 +102,7 @@ else
 		# file another patch touches (the uapi header, say).
 		keep=$build/patch-mtimes
 		rm -rf "$keep" && mkdir -p "$keep"
-		touched=$(cat "$applied"/*.patch $(want_series) 2>/dev/null | sed -n 's|^+++ b/||p' | sort -u)
+		touched=$(cat $(ls "$applied"/*.patch 2>/dev/null) $(want_series) </dev/null | sed -n 's|^+++ b/||p' | sort -u)
 		for f in $touched; do
 			[ -f "$src/$f" ] && mkdir -p "$keep/$(dirname "$f")" && cp -p "$src/$f" "$keep/$f"
 		done

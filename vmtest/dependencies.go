@@ -10,6 +10,7 @@ package vmtest
 // go.sum; the commands are main packages, never imported for real.
 import (
 	_ "github.com/upm-project/upm"
+	_ "github.com/upm-project/upm/bench"
 
 	_ "github.com/hugelgupf/vmtest/vminit/gouinit"
 	_ "github.com/hugelgupf/vmtest/vminit/shutdownafter"
