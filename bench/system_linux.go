@@ -205,9 +205,10 @@ type cgroups struct {
 }
 
 // setupCgroups finds the cgroup v2 hierarchy, mounting it at /sys/fs/cgroup
-// if nothing is mounted there, and makes the parent group with the memory
-// controller enabled for its children. It refuses a cgroup v1 hierarchy:
-// the memory controller is then bound to it.
+// if nothing is mounted there (or at /sys/fs/cgroup/unified beside a cgroup
+// v1 layout), and makes the parent group with the memory controller enabled
+// for its children. It fails if a cgroup v1 hierarchy holds the memory
+// controller.
 func setupCgroups() (*cgroups, error) {
 	root := cgroupRoot
 	switch {
@@ -215,7 +216,17 @@ func setupCgroups() (*cgroups, error) {
 	case isCgroup2(filepath.Join(root, "unified")):
 		root = filepath.Join(root, "unified")
 	case isMountPoint(root):
-		return nil, fmt.Errorf("%s holds a cgroup v1 hierarchy, not cgroup v2", root)
+		// A cgroup v1 layout (u-root's init mounts one, on a tmpfs):
+		// mount cgroup2 beside it, as systemd's hybrid mode does. If
+		// v1 holds the memory controller, enabling it below fails.
+		unified := filepath.Join(root, "unified")
+		if err := os.MkdirAll(unified, 0o755); err != nil {
+			return nil, fmt.Errorf("%s holds a cgroup v1 hierarchy: %w", root, err)
+		}
+		if err := unix.Mount("cgroup2", unified, "cgroup2", 0, ""); err != nil {
+			return nil, fmt.Errorf("%s holds a cgroup v1 hierarchy; mount cgroup2 at %s: %w", root, unified, err)
+		}
+		root = unified
 	default:
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err
