@@ -24,6 +24,7 @@ test: test-host test-vm test-vm-debug
 ## test-host: vet, formatting and the Go tests that run on any Linux host.
 test-host: check model
 	$(GO) test -count=1 ./...
+	cd vmtest && $(GO) test -count=1 -run 'TestConsole' ./...
 
 check:
 	@echo "== gofmt, go vet"
