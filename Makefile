@@ -4,8 +4,9 @@ BUILD ?= $(CURDIR)/build
 GO ?= go
 KERNEL_PLAIN := $(BUILD)/kernel-plain/arch/x86/boot/bzImage
 KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
-# Built by kernel/build.sh; the VM rig puts it into the guest's /bin.
-export UPM_SELFTEST := $(BUILD)/selftests/upm_functional_tests
+# Built by kernel/build.sh; the VM rig puts every program in it into the
+# guest's /bin.
+export UPM_SELFTESTS := $(BUILD)/selftests
 # The upm package's tests, built for the guest (see vmtest/vm_test.go).
 export UPM_LIBRARY_TESTS := $(BUILD)/guest/upm.test
 MODEL := $(BUILD)/model

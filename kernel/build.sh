@@ -142,15 +142,18 @@ cc=gcc
 # cold, where it only adds a preprocessor pass to every file.
 if [ -z "${CI:-}" ] && command -v ccache >/dev/null; then cc="ccache gcc"; fi
 
-# The kselftest-style C test, static so that it runs in the bare guest.
+# The kselftest-style C programs (upm_*.c), static so that they run in the
+# bare guest; the VM rig puts every one of them into the guest's /bin.
 if [ "$patched" = 1 ]; then
-	selftest=$src/tools/testing/selftests/mm/upm_functional_tests.c
 	mkdir -p "$build/selftests"
-	if [ ! -x "$build/selftests/upm_functional_tests" ] || [ "$selftest" -nt "$build/selftests/upm_functional_tests" ]; then
-		log "building the UPM selftest"
-		gcc -O2 -Wall -Werror -static -o "$build/selftests/upm_functional_tests" "$selftest" ||
-			die "the UPM selftest does not build"
-	fi
+	for selftest in "$src"/tools/testing/selftests/mm/upm_*.c; do
+		bin=$build/selftests/$(basename "$selftest" .c)
+		if [ ! -x "$bin" ] || [ "$selftest" -nt "$bin" ]; then
+			log "building $(basename "$bin")"
+			gcc -O2 -Wall -Werror -static -o "$bin" "$selftest" ||
+				die "$(basename "$selftest") does not build"
+		fi
+	done
 fi
 
 # Configuration: tinyconfig plus our fragments, regenerated only when a

@@ -98,19 +98,23 @@ func runGuest(t *testing.T, packages, env []string, files ...string) {
 		t.Fatal(err)
 	}
 
-	// The kselftest-style C test, built by kernel/build.sh, and the upm
-	// package's test binary go into the guest's /bin; internal/integration
-	// runs them.
-	for env, guest := range map[string]string{
-		"UPM_SELFTEST":      "bin/upm_functional_tests",
-		"UPM_LIBRARY_TESTS": "bin/upm.test",
-	} {
-		if host := os.Getenv(env); host != "" {
-			if _, err := os.Stat(host); err != nil {
-				t.Fatalf("%s: %v", env, err)
-			}
-			files = append(files, host+":"+guest)
+	// The kselftest-style C programs, built by kernel/build.sh, and the
+	// upm package's test binary go into the guest's /bin;
+	// internal/integration runs them.
+	if dir := os.Getenv("UPM_SELFTESTS"); dir != "" {
+		progs, err := filepath.Glob(filepath.Join(dir, "upm_*"))
+		if err != nil || len(progs) == 0 {
+			t.Fatalf("UPM_SELFTESTS=%s holds no upm_* programs: kernel/build.sh builds them", dir)
 		}
+		for _, prog := range progs {
+			files = append(files, prog+":bin/"+filepath.Base(prog))
+		}
+	}
+	if host := os.Getenv("UPM_LIBRARY_TESTS"); host != "" {
+		if _, err := os.Stat(host); err != nil {
+			t.Fatalf("UPM_LIBRARY_TESTS: %v", err)
+		}
+		files = append(files, host+":bin/upm.test")
 	}
 
 	// gouinit runs each test binary with its default -test.timeout of 10
