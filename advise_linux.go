@@ -52,6 +52,9 @@ func sysAdvise(mem []byte, d detection) error {
 		if !errors.Is(err, unix.EINTR) {
 			_ = madvise(mem, unix.MADV_UNMERGEABLE)
 		}
+		if d.backend == BackendUPM && errors.Is(err, unix.ENOSPC) {
+			return fmt.Errorf("upm: advise %d bytes at %#x: %s: %w: %w", len(mem), addrOf(mem), name, ErrLimit, err)
+		}
 		return fmt.Errorf("upm: advise %d bytes at %#x: %s: %w", len(mem), addrOf(mem), name, err)
 	}
 	return nil

@@ -77,6 +77,11 @@ var (
 	// ErrArenaFull is returned, wrapped, by Alloc and ArenaSlice when the
 	// Arena has too little room left.
 	ErrArenaFull = errors.New("arena is full")
+	// ErrLimit is returned, wrapped, when MADV_UPM_MERGE fails with ENOSPC:
+	// the process keeps as many pages in the kernel's UPM index as
+	// /sys/kernel/mm/upm/max_pages_per_process allows. Closing Regions that
+	// are no longer needed makes room; root can raise the limit.
+	ErrLimit = errors.New("the process reached max_pages_per_process of the UPM kernel")
 )
 
 // detection is the memoised answer of the backend probe.

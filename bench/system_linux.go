@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
+
+	"github.com/upm-project/upm"
 )
 
 // ksmDir is KSM's sysfs directory; tests point it elsewhere.
@@ -243,6 +245,12 @@ func setupCgroups() (*cgroups, error) {
 		return nil, err
 	}
 	if err := enableMemory(parent); err != nil {
+		return nil, err
+	}
+	// All instances run the same function: one merge domain, as a
+	// platform would mark it. Without the mark the UPM kernel would keep
+	// each instance's cgroup to itself.
+	if err := upm.MarkMergeDomain(parent); err != nil {
 		return nil, err
 	}
 	return &cgroups{parent: parent}, nil

@@ -78,8 +78,43 @@
  *
  * ksmd leaves candidates alone (should_skip_rmap_item()): they are merged
  * through the index, and with ksmd off there is no other way anyway.
+ *
+ * Merge domains
+ * -------------
+ * Sharing a page with another process tells each of them, through the time
+ * a write takes (copy-on-write), whether the other holds the same content:
+ * the memory deduplication side channel. So UPM merges a page only with
+ * pages of the same merge domain. A caller's domain is the nearest cgroup,
+ * on the default (v2) hierarchy, at or above its own that the administrator
+ * marked with the UPM_DOMAIN_XATTR extended attribute (trusted.*: only
+ * CAP_SYS_ADMIN can set it), or else the caller's own cgroup. Instances of
+ * one function, each in its own cgroup under a marked parent, share; by
+ * default, processes of different cgroups never do. The domain is the
+ * cgroup's ID, which is never reused, and is looked up at each call.
+ *
+ * A KSM page takes the domain it is made in (upm_merge_domain, set under
+ * ksm_thread_mutex while UPM merges, 0 while ksmd does, is copied into each
+ * new stable node). The stable tree treats a KSM page of another domain as
+ * it treats a full one (__is_page_sharing_candidate()): identical content
+ * in two domains becomes two KSM pages, dups in one stable_node chain, as
+ * with max_page_sharing. Candidates of other domains are passed over in the
+ * index. ksmd merges in domain 0 and leaves mms that used UPM alone, so a
+ * page merged by UPM is never shared with a page ksmd merged.
+ *
+ * Limits
+ * ------
+ * Every page UPM looks at costs an rmap_item (64 bytes), charged to the
+ * caller's memory cgroup, and a candidate adds a slot to the index. An
+ * rmap_item lives until its page is unmerged, its mm exits, or ksmd finds
+ * its page gone: a process that advised, unmapped and advised again could
+ * pile them up. So UPM keeps at most max_pages_per_process rmap_items per
+ * mm (a quarter of RAM's pages by default; root can change it in sysfs); a
+ * call that would need more ends with -ENOSPC, keeping what it merged.
  */
 
+#include <linux/cgroup.h>
+#include <linux/kernfs.h>
+#include <linux/xattr.h>
 #include <linux/upm.h>
 
 /* Pages handled under one hold of ksm_thread_mutex. */
@@ -87,6 +122,11 @@
 /* The candidate index starts with 1 << UPM_MIN_HASH_BITS buckets. */
 #define UPM_MIN_HASH_BITS	10
 #define UPM_MAX_HASH_BITS	30
+/* Marks a cgroup v2 directory as a merge domain for its whole subtree. */
+#define UPM_DOMAIN_XATTR	XATTR_TRUSTED_PREFIX "upm.domain"
+
+/* Set by upm_init(); changed through sysfs. */
+static unsigned long upm_max_pages_per_process = ULONG_MAX;
 
 /* The candidate index: under ksm_thread_mutex. */
 static struct hlist_head *upm_buckets;
@@ -249,6 +289,44 @@ static bool upm_mm_used(struct mm_struct *mm)
 	return used;
 }
 
+/* The merge domain of @mm's last MADV_UPM_MERGE; 0 if it never made one. */
+static u64 upm_mm_domain(struct mm_struct *mm)
+{
+	struct mm_slot *slot;
+	u64 domain = 0;
+
+	spin_lock(&ksm_mmlist_lock);
+	slot = mm_slot_lookup(mm_slots_hash, mm);
+	if (slot)
+		domain = mm_slot_entry(slot, struct ksm_mm_slot, slot)->upm_domain;
+	spin_unlock(&ksm_mmlist_lock);
+	return domain;
+}
+
+/*
+ * The calling task's merge domain: the ID of the nearest cgroup at or above
+ * the task's, on the default hierarchy, marked with UPM_DOMAIN_XATTR, or of
+ * the task's own cgroup. Never 0, which is ksmd's.
+ */
+static u64 upm_current_domain(void)
+{
+#ifdef CONFIG_CGROUPS
+	struct cgroup *cgrp, *pos;
+	u64 domain;
+
+	rcu_read_lock();
+	cgrp = task_dfl_cgroup(current);
+	for (pos = cgrp; pos; pos = cgroup_parent(pos))
+		if (kernfs_xattr_get(pos->kn, UPM_DOMAIN_XATTR, NULL, 0) >= 0)
+			break;
+	domain = cgroup_id(pos ?: cgrp);
+	rcu_read_unlock();
+	return domain;
+#else
+	return 1;
+#endif
+}
+
 /*
  * The rmap_item for @addr in the mm_slot's address-sorted rmap_list, found
  * from *@link onwards or inserted there. Unlike ksmd's get_next_rmap_item(),
@@ -260,6 +338,9 @@ static bool upm_mm_used(struct mm_struct *mm)
  * UPM needs there is one for a page UPM is about to merge: so when it lies
  * between ksmd's cursor and ksm_scan.address, the cursor moves past it. The
  * items it skips that way are looked at again in ksmd's next pass.
+ *
+ * Return: the rmap_item; ERR_PTR(-ENOSPC) if the mm already has
+ * max_pages_per_process of them, ERR_PTR(-EAGAIN) if memory is short.
  */
 static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 					       struct ksm_rmap_item ***link,
@@ -279,10 +360,13 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 		pos = &rmap_item->rmap_list;
 	}
 	if (!rmap_item || (rmap_item->address & PAGE_MASK) != addr) {
+		if (mm_slot->slot.mm->ksm_rmap_items >=
+		    READ_ONCE(upm_max_pages_per_process))
+			return ERR_PTR(-ENOSPC);
 		rmap_item = kmem_cache_zalloc(rmap_item_cache, GFP_KERNEL_ACCOUNT |
 					      __GFP_NORETRY | __GFP_NOWARN);
 		if (!rmap_item)
-			return NULL;
+			return ERR_PTR(-EAGAIN);
 		ksm_rmap_items++;
 		rmap_item->mm = mm_slot->slot.mm;
 		rmap_item->mm->ksm_rmap_items++;
@@ -368,7 +452,8 @@ static enum upm_result upm_merge_page(struct page *page,
 		struct page *tree_page;
 		bool split;
 
-		if (cand->oldchecksum != checksum)
+		if (cand->oldchecksum != checksum ||
+		    upm_mm_domain(cand->mm) != upm_merge_domain)
 			continue;
 		tree_page = upm_get_candidate_page(cand);
 		if (IS_ERR(tree_page))
@@ -489,9 +574,9 @@ static int upm_collect(struct mm_struct *mm, struct ksm_mm_slot *mm_slot,
 			flush_dcache_page(page);
 
 			rmap_item = upm_get_rmap_item(mm_slot, &link, addr);
-			if (!rmap_item) {
+			if (IS_ERR(rmap_item)) {
 				folio_put(folio);
-				*err = -EAGAIN;
+				*err = PTR_ERR(rmap_item);
 				goto out;
 			}
 			batch[n].page = page;
@@ -541,12 +626,14 @@ int upm_madvise(struct vm_area_struct *vma, unsigned long start,
  *
  * Return: 0 when every present page was looked at (some may be left
  * unmerged for being locked or pinned: see pages_skipped); -EINTR on a fatal
- * signal; -EAGAIN if memory for the index or an rmap_item could not be had.
- * What was merged before an error stays merged.
+ * signal; -EAGAIN if memory for the index or an rmap_item could not be had;
+ * -ENOSPC if the mm reached max_pages_per_process. What was merged before an
+ * error stays merged.
  */
 int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		    unsigned long end)
 {
+	u64 domain = upm_current_domain();
 	u64 begin = ktime_get_ns();
 	struct upm_batch_entry *batch;
 	unsigned long addr = start;
@@ -590,9 +677,11 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 			break;
 		}
 		mm_slot->upm = true;
+		mm_slot->upm_domain = domain;
 		n = upm_collect(mm, mm_slot, &addr, end, batch, &err);
 		mmap_read_unlock(mm);
 
+		upm_merge_domain = domain;
 		for (i = 0; i < n; i++) {
 			switch (upm_merge_page(batch[i].page, batch[i].rmap_item)) {
 			case UPM_MERGED_STABLE:
@@ -610,6 +699,7 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 			}
 			put_page(batch[i].page);
 		}
+		upm_merge_domain = 0;
 		upm_pages_advised += n;
 		mutex_unlock(&ksm_thread_mutex);
 
@@ -717,6 +807,13 @@ out:
 	mutex_unlock(&ksm_thread_mutex);
 }
 
+static int __init upm_init(void)
+{
+	upm_max_pages_per_process = max(totalram_pages() / 4, 1UL);
+	return 0;
+}
+subsys_initcall(upm_init);
+
 #ifdef CONFIG_SYSFS
 /*
  * /sys/kernel/mm/upm/: the advice number, for user space to read rather than
@@ -751,6 +848,31 @@ UPM_COUNTER(index_bytes,
 	    (upm_buckets ? (sizeof(struct hlist_head) << READ_ONCE(upm_hash_bits)) : 0) +
 	    READ_ONCE(upm_nr_candidates) * sizeof(struct ksm_rmap_item));
 UPM_COUNTER(calls, atomic_long_read(&upm_calls));
+
+static ssize_t upm_max_pages_per_process_show(struct kobject *kobj,
+					      struct kobj_attribute *attr,
+					      char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", READ_ONCE(upm_max_pages_per_process));
+}
+
+static ssize_t upm_max_pages_per_process_store(struct kobject *kobj,
+					       struct kobj_attribute *attr,
+					       const char *buf, size_t count)
+{
+	unsigned long max;
+	int err;
+
+	err = kstrtoul(buf, 10, &max);
+	if (err)
+		return err;
+	WRITE_ONCE(upm_max_pages_per_process, max);
+	return count;
+}
+
+static struct kobj_attribute upm_max_pages_per_process_attr =
+	__ATTR(max_pages_per_process, 0644, upm_max_pages_per_process_show,
+	       upm_max_pages_per_process_store);
 UPM_COUNTER(call_time_ns, atomic64_read(&upm_call_time_ns));
 
 static struct attribute *upm_attrs[] = {
@@ -764,6 +886,7 @@ static struct attribute *upm_attrs[] = {
 	&upm_index_bytes_attr.attr,
 	&upm_calls_attr.attr,
 	&upm_call_time_ns_attr.attr,
+	&upm_max_pages_per_process_attr.attr,
 	NULL,
 };
 

@@ -1,0 +1,16 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build !linux
+
+package upm
+
+import "fmt"
+
+func sysMarkMergeDomain(dir string) error {
+	return fmt.Errorf("upm: mark %s as a merge domain: %w", dir, ErrUnsupported)
+}
+
+func sysUnmarkMergeDomain(dir string) error {
+	return fmt.Errorf("upm: unmark merge domain %s: %w", dir, ErrUnsupported)
+}
