@@ -270,7 +270,7 @@ func TestUPMSelftest(t *testing.T) {
 	out, err := exec.Command(bin).CombinedOutput()
 	t.Logf("%s:\n%s", bin, out)
 	require.NoError(t, err)
-	require.Contains(t, string(out), "# Totals: pass:5 fail:0")
+	require.Contains(t, string(out), "# Totals: pass:6 fail:0")
 }
 
 // TestLibraryTests runs the upm package's own tests in the guest, where its

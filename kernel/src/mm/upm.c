@@ -98,8 +98,9 @@
  * it treats a full one (__is_page_sharing_candidate()): identical content
  * in two domains becomes two KSM pages, dups in one stable_node chain, as
  * with max_page_sharing. Candidates of other domains are passed over in the
- * index. ksmd merges in domain 0 and leaves mms that used UPM alone, so a
- * page merged by UPM is never shared with a page ksmd merged.
+ * index. ksmd merges in domain 0 and leaves mms that used UPM alone, and
+ * their children (upm_fork()), so a page merged by UPM is never shared with
+ * a page ksmd merged.
  *
  * Limits
  * ------
@@ -813,6 +814,34 @@ static int __init upm_init(void)
 	return 0;
 }
 subsys_initcall(upm_init);
+
+/**
+ * __upm_fork - the child of an mm that used UPM stays in its parent's merge
+ * domain and, like its parent, out of ksmd's reach; otherwise ksmd, which
+ * merges in no domain, could share the pages it inherited with anyone.
+ * @mm: the child, just given an mm_slot by ksm_fork()
+ * @oldmm: the parent
+ *
+ * Called from dup_mmap() with both mmap_locks held for write, so ksmd, which
+ * takes the mmap_lock before it looks at an mm's pages, cannot have seen the
+ * child's pages yet.
+ */
+void __upm_fork(struct mm_struct *mm, struct mm_struct *oldmm)
+{
+	struct mm_slot *parent, *child;
+
+	spin_lock(&ksm_mmlist_lock);
+	parent = mm_slot_lookup(mm_slots_hash, oldmm);
+	child = mm_slot_lookup(mm_slots_hash, mm);
+	if (parent && child) {
+		struct ksm_mm_slot *from = mm_slot_entry(parent, struct ksm_mm_slot, slot);
+		struct ksm_mm_slot *to = mm_slot_entry(child, struct ksm_mm_slot, slot);
+
+		to->upm = READ_ONCE(from->upm);
+		to->upm_domain = READ_ONCE(from->upm_domain);
+	}
+	spin_unlock(&ksm_mmlist_lock);
+}
 
 #ifdef CONFIG_SYSFS
 /*

@@ -17,6 +17,14 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 void upm_unmerge_range(struct mm_struct *mm, unsigned long start,
 		       unsigned long end);
 void __upm_exit(struct mm_struct *mm);
+void __upm_fork(struct mm_struct *mm, struct mm_struct *oldmm);
+
+/* Called after ksm_fork(): the child keeps its parent's merge domain. */
+static inline void upm_fork(struct mm_struct *mm, struct mm_struct *oldmm)
+{
+	if (test_bit(MMF_VM_MERGEABLE, &oldmm->flags))
+		__upm_fork(mm, oldmm);
+}
 
 /* Called after exit_mmap(): frees what an mm that used UPM left in KSM. */
 static inline void upm_exit(struct mm_struct *mm)
@@ -37,6 +45,10 @@ static inline void upm_unmerge_range(struct mm_struct *mm, unsigned long start,
 }
 
 static inline void upm_exit(struct mm_struct *mm)
+{
+}
+
+static inline void upm_fork(struct mm_struct *mm, struct mm_struct *oldmm)
 {
 }
 #endif /* CONFIG_UPM */

@@ -2,7 +2,8 @@
 /*
  * Functional tests for MADV_UPM_MERGE (mm/upm.c), in the manner of
  * ksm_functional_tests.c. Run as root with ksmd stopped: every merge seen
- * here is made by madvise itself.
+ * here is made by madvise itself. The last test starts ksmd, to show that it
+ * keeps out of the memory of processes that used UPM.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 
@@ -301,14 +303,110 @@ static void test_errors(void)
 	munmap(mem, 4 * pagesize);
 }
 
+/* Wait until ksmd has finished @n more full scans; false after two minutes. */
+static bool wait_full_scans(int n)
+{
+	long until = read_long("/sys/kernel/mm/ksm/full_scans") + n;
+
+	for (int i = 0; i < 1200; i++) {
+		if (read_long("/sys/kernel/mm/ksm/full_scans") >= until)
+			return true;
+		usleep(100 * 1000);
+	}
+	return false;
+}
+
+/*
+ * The process test_fork_keeps_domain() execs: one that never used UPM.
+ * It offers NPAGES pages to ksmd, says so on stdout, holds them until
+ * stdin closes, and exits 0 if none of them was merged.
+ */
+static int mergeable_main(unsigned int seed)
+{
+	char *mem = map_filled(NPAGES, seed);
+	char c;
+
+	if (madvise(mem, NPAGES * pagesize, MADV_MERGEABLE))
+		return 3;
+	if (write(1, "r", 1) != 1)
+		return 3;
+	while (read(0, &c, 1) > 0)
+		;
+	return merging_pages() == 0 ? 0 : 1;
+}
+
+/*
+ * A fork of a process that used UPM stays in its merge domain: ksmd, which
+ * merges in no domain, must not share the pages the child inherited with a
+ * process that only used MADV_MERGEABLE, even with ksmd scanning flat out.
+ */
+static void test_fork_keeps_domain(void)
+{
+	char *mem, c, to_scan[16], sleep_ms[16];
+	int ready[2], hold[2], status;
+	pid_t stock, child;
+	bool scanned;
+
+	if (pipe(ready) || pipe(hold))
+		ksft_exit_fail_msg("pipe: %s\n", strerror(errno));
+	stock = fork();
+	if (!stock) {
+		dup2(hold[0], 0);
+		dup2(ready[1], 1);
+		execl("/proc/self/exe", "upm_functional_tests", "--mergeable", "7", NULL);
+		_exit(4);
+	}
+	close(ready[1]);
+	close(hold[0]);
+	if (read(ready[0], &c, 1) != 1)
+		ksft_exit_fail_msg("the MADV_MERGEABLE process did not start\n");
+
+	mem = map_filled(NPAGES, 7);
+	if (madvise(mem, NPAGES * pagesize, upm_advice))
+		ksft_exit_fail_msg("madvise: %s\n", strerror(errno));
+	child = fork();
+	if (!child) {
+		for (;;)
+			pause();
+	}
+
+	snprintf(to_scan, sizeof(to_scan), "%ld", read_long("/sys/kernel/mm/ksm/pages_to_scan"));
+	snprintf(sleep_ms, sizeof(sleep_ms), "%ld", read_long("/sys/kernel/mm/ksm/sleep_millisecs"));
+	write_str("/sys/kernel/mm/ksm/pages_to_scan", "1000");
+	write_str("/sys/kernel/mm/ksm/sleep_millisecs", "10");
+	write_str("/sys/kernel/mm/ksm/run", "1");
+	scanned = wait_full_scans(3);
+
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	close(hold[1]);
+	waitpid(stock, &status, 0);
+	/* ksmd frees the exited process's bookkeeping in its next passes. */
+	scanned = wait_full_scans(2) && scanned;
+	write_str("/sys/kernel/mm/ksm/run", "0");
+	write_str("/sys/kernel/mm/ksm/pages_to_scan", to_scan);
+	write_str("/sys/kernel/mm/ksm/sleep_millisecs", sleep_ms);
+	close(ready[0]);
+	munmap(mem, NPAGES * pagesize);
+
+	if (!scanned)
+		ksft_test_result_fail("ksmd did not finish its scans in time\n");
+	else
+		ksft_test_result(WIFEXITED(status) && !WEXITSTATUS(status),
+				 "ksmd leaves the fork of a UPM process alone (status %d)\n",
+				 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
 static void restore_ksm_run(void)
 {
 	write_str("/sys/kernel/mm/ksm/run", ksm_run_saved);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	pagesize = getpagesize();
+	if (argc == 3 && !strcmp(argv[1], "--mergeable"))
+		return mergeable_main(atoi(argv[2]));
 	ksft_print_header();
 
 	upm_advice = read_long("/sys/kernel/mm/upm/advice");
@@ -321,11 +419,12 @@ int main(void)
 	write_str("/sys/kernel/mm/ksm/run", "0");
 	atexit(restore_ksm_run);
 
-	ksft_set_plan(5);
+	ksft_set_plan(6);
 	test_merge_across_fork();
 	test_fork_of_merged();
 	test_exit_while_shared();
 	test_unmergeable();
 	test_errors();
+	test_fork_keeps_domain();
 	ksft_finished();
 }
