@@ -52,7 +52,9 @@ func protect(mem []byte, writable bool) error {
 // openRegular opens path for reading and returns it with its size, if it is a
 // regular file.
 func openRegular(path string) (*os.File, int, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK, or the open of a named pipe would wait for a writer
+	// before Stat could refuse it; for regular files it changes nothing.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, 0, err
 	}
