@@ -1,0 +1,99 @@
+//go:build linux
+
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fuzzTime is how long each fuzzer runs: KASAN and lockdep make the debug
+// kernel several times slower, and its point is the reports, not the count.
+func fuzzTime(plain time.Duration) time.Duration {
+	if os.Getenv("UPM_KERNEL_FLAVOUR") == "debug" {
+		return plain / 3
+	}
+	return plain
+}
+
+// TestUPMFuzz runs the C fuzzer of madvise arguments
+// (tools/testing/selftests/mm/upm_fuzz.c) for a bounded time with a fresh
+// seed: every madvise must return the errno upm.rst documents for its
+// input, no mapping's content may change, and the console watcher of the VM
+// rig fails the run on any kernel report. The figures line is logged; rerun
+// a failure with upm_fuzz -s SEED.
+func TestUPMFuzz(t *testing.T) {
+	upmTest(t)
+	const bin = "/bin/upm_fuzz"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not in this guest: kernel/build.sh builds it (make test)", bin)
+	}
+	seconds := int(fuzzTime(60 * time.Second).Seconds())
+	seed := uint64(time.Now().UnixNano())
+	out, err := exec.Command(bin, "-t", strconv.Itoa(seconds), "-s", strconv.FormatUint(seed, 10)).CombinedOutput()
+	figures := regexp.MustCompile(`(?m)^# fuzz: .*$`).FindString(string(out))
+	t.Logf("%s", figures)
+	if err != nil || !strings.Contains(string(out), "# Totals: pass:4 fail:0") {
+		t.Fatalf("%s -t %d -s %d: %v:\n%s", bin, seconds, seed, err, out)
+	}
+	require.NotEmpty(t, figures, "no figures line:\n%s", out)
+
+	// The run must have met every class: successes, EINVAL and ENOMEM.
+	calls := regexp.MustCompile(`calls=(\d+)`).FindStringSubmatch(figures)
+	require.Len(t, calls, 2)
+	n, _ := strconv.Atoi(calls[1])
+	assert.Greater(t, n, 100, "madvise calls in %ds", seconds)
+	for _, e := range []string{" 0=", " EINVAL=", " ENOMEM="} {
+		assert.Contains(t, figures, e, "no call ended with %s", strings.Trim(e, " ="))
+	}
+}
+
+// TestLibraryFuzz runs each Fuzz target of the upm package's test binary
+// (/bin/upm.test) in fuzzing mode for a bounded time, on the UPM backend
+// that the host cannot offer. Coverage guidance needs a binary built with
+// go test -c -fuzz=. (make guest-tests); a plain go test -c binary still
+// fuzzes, with random mutations only, and the test says so.
+func TestLibraryFuzz(t *testing.T) {
+	upmTest(t)
+	const bin = "/bin/upm.test"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is not in this guest: make test-vm builds it", bin)
+	}
+	list, err := exec.Command(bin, "-test.list=^Fuzz").Output()
+	require.NoError(t, err)
+	targets := strings.Fields(string(list))
+	require.NotEmpty(t, targets, "%s has no Fuzz targets", bin)
+
+	each := fuzzTime(20 * time.Second)
+	for _, target := range targets {
+		t.Run(target, func(t *testing.T) {
+			dir := t.TempDir()
+			// Minimizing each new interesting input could take the
+			// default minute of the short time there is.
+			cmd := exec.Command(bin, "-test.run=^$", "-test.fuzz=^"+target+"$",
+				fmt.Sprintf("-test.fuzztime=%s", each), "-test.fuzzminimizetime=100x",
+				"-test.fuzzcachedir="+dir+"/cache")
+			cmd.Dir = dir // a failing input goes to testdata/fuzz here
+			out, err := cmd.CombinedOutput()
+			progress := regexp.MustCompile(`(?m)^fuzz: elapsed: .*execs: .*$`).FindAllString(string(out), -1)
+			require.NoError(t, err, "%s -test.fuzz=%s:\n%s", bin, target, out)
+			require.NotEmpty(t, progress, "no fuzzing progress line:\n%s", out)
+			t.Logf("%s: %s", target, progress[len(progress)-1])
+			if !strings.Contains(string(out), "new interesting") {
+				t.Logf("%s is not coverage-instrumented (build it with go test -c -fuzz=.): random inputs only", bin)
+			}
+		})
+	}
+}
