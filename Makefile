@@ -11,7 +11,9 @@ export UPM_SELFTESTS := $(BUILD)/selftests
 export UPM_LIBRARY_TESTS := $(BUILD)/guest/upm.test
 MODEL := $(BUILD)/model
 # QEMU under TCG: KVM guests die on our machines (see kernel/README.md).
-VMTEST_QEMU ?= qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2
+# -no-reboot: a kernel panic (oops=panic panic=-1) ends QEMU instead of
+# rebooting the guest into the same tests again.
+VMTEST_QEMU ?= qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2 -no-reboot
 export VMTEST_QEMU
 
 .PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model guest-tests clean
@@ -41,7 +43,9 @@ kernel-debug:
 
 ## test-vm: boot the plain UPM kernel and run the Go tests inside it.
 guest-tests:
-	CGO_ENABLED=0 $(GO) test -c -o $(UPM_LIBRARY_TESTS) .
+	# -fuzz=. instruments the binary for coverage, so that the Fuzz targets
+	# run guided inside the guest (TestLibraryFuzz); ordinary tests run as usual.
+	CGO_ENABLED=0 $(GO) test -c -fuzz=. -o $(UPM_LIBRARY_TESTS) .
 
 test-vm: kernel guest-tests
 	@mkdir -p $(BUILD)/results/plain

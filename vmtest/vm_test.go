@@ -35,7 +35,8 @@ var guestPackages = []string{
 
 // defaultQEMU is TCG on purpose: /dev/kvm exists on our machines but nested
 // guests die with "KVM internal error. Suberror: 1".
-const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2"
+// -no-reboot: a panic ends QEMU rather than rebooting into the tests again.
+const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2 -no-reboot"
 
 // TestGuest runs the tests of guestPackages inside the guest: make test-vm.
 func TestGuest(t *testing.T) {
@@ -152,7 +153,7 @@ func kernelArgs() []string {
 	if flavour := os.Getenv("UPM_KERNEL_FLAVOUR"); flavour != "" {
 		args = append(args, "UPM_KERNEL_FLAVOUR="+flavour)
 	}
-	for _, name := range []string{"UPM_TEST_RUN", "UPM_LIBRARY_RUN"} {
+	for _, name := range []string{"UPM_TEST_RUN", "UPM_LIBRARY_RUN", "UPM_FUZZ_SEED", "UPM_FUZZ_SECONDS"} {
 		if v := os.Getenv(name); v != "" {
 			args = append(args, name+"="+v)
 		}

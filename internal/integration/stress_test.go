@@ -128,11 +128,6 @@ func TestUPMStressKsmdOff(t *testing.T) {
 func TestUPMStressKsmdOn(t *testing.T) {
 	upmTest(t)
 	requireStressBin(t)
-	if !strings.Contains(os.Getenv("UPM_TEST_RUN"), "TestUPMStressKsmdOn") {
-		t.Skip("crashes the kernel: kernel BUG at mm/ksm.c:1044 (BUG_ON(age > 1) in " +
-			"remove_rmap_item_from_tree, called by ksmd) within seconds; " +
-			"run it by name (UPM_TEST_RUN=TestUPMStressKsmdOn) to reproduce")
-	}
 	setKSM(t, map[string]string{"run": "1", "pages_to_scan": "1000", "sleep_millisecs": "10"})
 	before := readCounter(t, ksmDir, "full_scans")
 	runStress(t, defaultStress(), "")

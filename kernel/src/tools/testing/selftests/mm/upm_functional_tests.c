@@ -347,7 +347,8 @@ static void test_fork_keeps_domain(void)
 	pid_t stock, child;
 	bool scanned;
 
-	if (pipe(ready) || pipe(hold))
+	/* Close-on-exec: the exec'd process must hold no write end of hold. */
+	if (pipe2(ready, O_CLOEXEC) || pipe2(hold, O_CLOEXEC))
 		ksft_exit_fail_msg("pipe: %s\n", strerror(errno));
 	stock = fork();
 	if (!stock) {
