@@ -23,10 +23,11 @@ import (
 	"github.com/upm-project/upm"
 )
 
-// domainCgroupRoot returns the guest's cgroup v2 hierarchy, mounting it
-// beside u-root's cgroup v1 layout (at /sys/fs/cgroup/unified) if needed.
-// Merge domains live on the v2 hierarchy only.
-func domainCgroupRoot(t *testing.T) string {
+// cgroupV2Root returns the guest's cgroup v2 hierarchy, mounting it
+// beside u-root's cgroup v1 layout (at /sys/fs/cgroup/unified) if needed,
+// as the bench does (bench/system_linux.go). Merge domains and the memory
+// limits of the stress tests live there.
+func cgroupV2Root(t *testing.T) string {
 	t.Helper()
 	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		var st unix.Statfs_t
@@ -96,7 +97,7 @@ func (w *worker) ksmStat(field string) int64 {
 func TestUPMMergeDomains(t *testing.T) {
 	upmTest(t)
 	shared := sized(1024)
-	root := domainCgroupRoot(t)
+	root := cgroupV2Root(t)
 	makeCgroups(t, root, "upmdomains/a/0", "upmdomains/a/1", "upmdomains/b/0", "upmdomains/b/1",
 		"upmdomains/solo0", "upmdomains/solo1")
 	base := filepath.Join(root, "upmdomains")

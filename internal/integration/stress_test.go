@@ -22,6 +22,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/procfs"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -155,8 +156,11 @@ func TestUPMStressMemoryPressure(t *testing.T) {
 	go func() {
 		defer close(sampled)
 		for {
-			m := readMeminfo()
-			peak.Store(max(peak.Load(), m["SwapTotal"]-m["SwapFree"]))
+			if m, err := procfs.NewDefaultFS(); err == nil {
+				if mi, err := m.Meminfo(); err == nil && mi.SwapTotal != nil && mi.SwapFree != nil {
+					peak.Store(max(peak.Load(), int64(*mi.SwapTotal-*mi.SwapFree)))
+				}
+			}
 			select {
 			case <-done:
 				return
@@ -181,23 +185,6 @@ func waitKSMZero(t *testing.T) {
 		c := readKSM(t)
 		return c == ksmCounters{}, c.String()
 	})
-}
-
-// readMeminfo returns the fields of /proc/meminfo, in kB.
-func readMeminfo() map[string]int64 {
-	m := map[string]int64{}
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return m
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		var k string
-		var v int64
-		if _, err := fmt.Sscanf(l, "%s %d", &k, &v); err == nil {
-			m[strings.TrimSuffix(k, ":")] = v
-		}
-	}
-	return m
 }
 
 // readKeyed reads a file of "key value" lines.
@@ -275,28 +262,10 @@ func swapHeader(size int64) []byte {
 }
 
 // memoryCgroup makes a cgroup v2 group with memory.max limit under the
-// hierarchy (mounting cgroup2 as the bench does, see bench/system_linux.go)
-// and removes it when the test ends.
+// hierarchy and removes it when the test ends.
 func memoryCgroup(t *testing.T, name string, limit int64) string {
 	t.Helper()
-	root := "/sys/fs/cgroup"
-	isCgroup2 := func(dir string) bool {
-		var st unix.Statfs_t
-		return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
-	}
-	switch {
-	case isCgroup2(root):
-	case isCgroup2(filepath.Join(root, "unified")):
-		root = filepath.Join(root, "unified")
-	default:
-		var st, up unix.Stat_t
-		if unix.Stat(root, &st) == nil && unix.Stat(filepath.Dir(root), &up) == nil && st.Dev != up.Dev {
-			// A cgroup v1 layout: mount cgroup2 beside it.
-			root = filepath.Join(root, "unified")
-		}
-		require.NoError(t, os.MkdirAll(root, 0o755))
-		require.NoError(t, unix.Mount("cgroup2", root, "cgroup2", 0, ""), "mount cgroup2 at %s", root)
-	}
+	root := cgroupV2Root(t)
 	ctl := filepath.Join(root, "cgroup.subtree_control")
 	if b, err := os.ReadFile(ctl); err != nil || !strings.Contains(" "+string(b), " memory") {
 		require.NoError(t, os.WriteFile(ctl, []byte("+memory"), 0), "enable the memory controller")
