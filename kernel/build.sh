@@ -146,7 +146,9 @@ if [ -z "${CI:-}" ] && command -v ccache >/dev/null; then cc="ccache gcc"; fi
 # bare guest; the VM rig puts every one of them into the guest's /bin.
 if [ "$patched" = 1 ]; then
 	mkdir -p "$build/selftests"
-	for selftest in "$src"/tools/testing/selftests/mm/upm_*.c; do
+	# Ours only: the tree may hold other upm_*.c files left by hand.
+	for ours in "$here"/src/tools/testing/selftests/mm/upm_*.c; do
+		selftest=$src/tools/testing/selftests/mm/$(basename "$ours")
 		bin=$build/selftests/$(basename "$selftest" .c)
 		if [ ! -x "$bin" ] || [ "$selftest" -nt "$bin" ]; then
 			log "building $(basename "$bin")"
