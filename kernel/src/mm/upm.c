@@ -317,11 +317,17 @@ static u64 upm_current_domain(void)
 
 	rcu_read_lock();
 	cgrp = task_dfl_cgroup(current);
+	cgroup_get(cgrp);
+	rcu_read_unlock();
+	/*
+	 * kernfs_xattr_get() takes a mutex: walk with a reference instead of
+	 * under RCU. A cgroup holds a reference on its parent.
+	 */
 	for (pos = cgrp; pos; pos = cgroup_parent(pos))
 		if (kernfs_xattr_get(pos->kn, UPM_DOMAIN_XATTR, NULL, 0) >= 0)
 			break;
 	domain = cgroup_id(pos ?: cgrp);
-	rcu_read_unlock();
+	cgroup_put(cgrp);
 	return domain;
 #else
 	return 1;
