@@ -35,8 +35,11 @@ func startKmemleak() (*kmemleak, error) {
 	if _, err := os.Stat(kmemleakFile); err != nil {
 		return &kmemleak{}, nil
 	}
-	if err := os.WriteFile(kmemleakFile, []byte("clear"), 0); err != nil {
-		return nil, fmt.Errorf("kmemleak clear: %w", err)
+	// "clear" forgets only what a scan has reported, so scan first.
+	for _, cmd := range []string{"scan", "clear"} {
+		if err := os.WriteFile(kmemleakFile, []byte(cmd), 0); err != nil {
+			return nil, fmt.Errorf("kmemleak %s: %w", cmd, err)
+		}
 	}
 	return &kmemleak{enabled: true}, nil
 }

@@ -60,7 +60,26 @@ func TestMain(m *testing.M) {
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
 	}
-	os.Exit(m.Run())
+	leaks, err := startKmemleak()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	// After the last test every process the tests started has exited:
+	// whatever KSM or UPM allocated for them must be gone.
+	report, err := leaks.report()
+	switch {
+	case err != nil:
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	case report != "":
+		fmt.Printf("FAIL: kmemleak found unreferenced objects:\n%s\n", report)
+		code = 1
+	case leaks.enabled:
+		fmt.Println("kmemleak: no leaks found after the tests")
+	}
+	os.Exit(code)
 }
 
 const pageSize = 4096
