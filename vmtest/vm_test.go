@@ -152,7 +152,8 @@ func kernelArgs() []string {
 		// running, and RCU's default 21 s grace-period checks then warn
 		// during boot (rcu_check_gp_start_stall), which the console
 		// watcher rightly fails on. Its maximum, 300 s, keeps real stalls
-		// reported; hung tasks are reported after 120 s regardless.
+		// reported; tasks in an uninterruptible (not killable) sleep are
+		// reported by the hung-task detector after 120 s regardless.
 		"rcupdate.rcu_cpu_stall_timeout=300",
 		// PCI interrupt routing from the BIOS's table, not from ACPI:
 		// under TCG, the debug kernels interpret ACPI's _PRT method so

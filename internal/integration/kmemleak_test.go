@@ -45,8 +45,9 @@ func startKmemleak() (*kmemleak, error) {
 }
 
 // report scans for leaks and returns kmemleak's list, empty if none. An
-// object is only reported once it is older than five seconds and was seen
-// unreferenced by two scans, hence the pause and the second scan.
+// unreferenced object is only reported once it is older than five seconds
+// and its contents did not change since the previous scan, hence the pause
+// and the second scan.
 func (k *kmemleak) report() (string, error) {
 	if !k.enabled {
 		return "", nil
