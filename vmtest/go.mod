@@ -30,6 +30,8 @@ require (
 	github.com/u-root/gobusybox/src v0.0.0-20240212035024-44ff0bf359ad // indirect
 	github.com/u-root/uio v0.0.0-20240209044354-b3d14b93376a // indirect
 	github.com/ulikunitz/xz v0.5.11 // indirect
+	github.com/upm-project/upm/bench v0.0.0-00010101000000-000000000000
+	github.com/upm-project/upm/examples v0.0.0-00010101000000-000000000000 // indirect
 	github.com/vishvananda/netlink v1.2.1-beta.2 // indirect
 	github.com/vishvananda/netns v0.0.4 // indirect
 	golang.org/x/image v0.30.0 // indirect
@@ -40,3 +42,7 @@ require (
 	golang.org/x/tools v0.52.0 // indirect
 	gonum.org/v1/plot v0.17.0 // indirect
 )
+
+replace github.com/upm-project/upm/bench => ../bench
+
+replace github.com/upm-project/upm/examples => ../examples

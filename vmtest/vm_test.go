@@ -1,3 +1,5 @@
+//go:build linux
+
 // Copyright 2026 The UPM Authors
 // SPDX-License-Identifier: Apache-2.0
 
