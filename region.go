@@ -1,0 +1,147 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package upm
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// Region is a page-aligned range of memory that was advised as shareable.
+//
+// A Region is safe for concurrent use. Regions of overlapping memory are not
+// nested: Unadvise on one takes the advice off the memory of both.
+type Region struct {
+	mu      sync.Mutex
+	mem     []byte // nil once unadvised or unmapped
+	addr    uintptr
+	size    int
+	backend Backend
+	kind    string // "slice", "file" or "arena", for profiles
+	label   string // the file of a Mapping, for profiles
+	stack   []uintptr
+	seq     uint64
+}
+
+// Kinds of Region, as profile labels.
+const (
+	kindSlice = "slice"
+	kindFile  = "file"
+	kindArena = "arena"
+)
+
+var regionSeq atomic.Uint64
+
+func newRegion(mem []byte, b Backend, kind, label string, stack []uintptr) *Region {
+	r := &Region{
+		mem:     mem,
+		addr:    addrOf(mem),
+		size:    len(mem),
+		backend: b,
+		kind:    kind,
+		label:   label,
+		stack:   stack,
+		seq:     regionSeq.Add(1),
+	}
+	register(r)
+	return r
+}
+
+// Addr returns the address of the first advised byte, a multiple of the page
+// size.
+func (r *Region) Addr() uintptr {
+	if r == nil {
+		return 0
+	}
+	return r.addr
+}
+
+// Len returns the number of advised bytes, a multiple of the page size. It
+// does not change when the Region is unadvised.
+func (r *Region) Len() int {
+	if r == nil {
+		return 0
+	}
+	return r.size
+}
+
+// Backend returns the backend that advised the Region.
+func (r *Region) Backend() Backend {
+	if r == nil {
+		return BackendNone
+	}
+	return r.backend
+}
+
+// Unadvise takes the advice off the Region's memory (MADV_UNMERGEABLE): merged
+// pages are copied back into private pages, which can take time and memory,
+// and the kernel stops considering the pages. The Region leaves the registry
+// and no longer keeps its memory reachable.
+//
+// Unadvise on a Region that was already unadvised, or whose Mapping or Arena
+// was closed, returns an error wrapping ErrClosed. If the kernel fails, the
+// Region stays advised so the call can be repeated, unless the memory is no
+// longer mapped (ENOMEM), in which case there is nothing left to unadvise and
+// the Region is released all the same.
+func (r *Region) Unadvise() error {
+	if r == nil {
+		return fmt.Errorf("upm: unadvise nil Region: %w", ErrClosed)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mem == nil {
+		return fmt.Errorf("upm: unadvise %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+	}
+	if err := sysUnadvise(r.mem); err != nil {
+		if !sysMapped(r.mem) {
+			r.releaseLocked()
+		}
+		return err
+	}
+	r.releaseLocked()
+	return nil
+}
+
+// release forgets the Region's memory without a system call, for a Mapping or
+// Arena whose memory is about to be unmapped.
+func (r *Region) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.releaseLocked()
+}
+
+func (r *Region) releaseLocked() {
+	if r.mem != nil {
+		r.mem = nil
+		unregister(r)
+	}
+}
+
+// Merged reports how many bytes of the Region are currently backed by pages
+// merged with others (KSM pages). A KSM page stays one when its other
+// mappings go away (the other process wrote its copy, or exited), so the
+// count can include pages that are, for now, mapped only here.
+//
+// ok reports whether the count is exact. It is exact when the process can
+// read page frame numbers (/proc/self/pagemap with CAP_SYS_ADMIN, and
+// /proc/kpageflags), and when the Region's memory is made of whole memory
+// mappings whose KSM line in /proc/self/smaps the kernel reports (Linux 6.4
+// and later): advising splits mappings at the Region's ends, unless a
+// neighbouring range was advised too and the kernel joined them. Otherwise
+// bytes counts only the mappings that lie inside the Region, a lower bound,
+// and ok is false. A Region that was unadvised gives an error wrapping
+// ErrClosed.
+func (r *Region) Merged() (bytes int64, ok bool, err error) {
+	if r == nil {
+		return 0, false, fmt.Errorf("upm: merged: nil Region: %w", ErrClosed)
+	}
+	r.mu.Lock()
+	mem := r.mem
+	r.mu.Unlock()
+	if mem == nil {
+		return 0, false, fmt.Errorf("upm: merged %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+	}
+	return mergedBytes(mem, &smapsCache{})
+}
