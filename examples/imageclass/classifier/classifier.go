@@ -9,9 +9,10 @@
 //
 // Its point in this repository is the memory the models take: Load decodes
 // the TensorFlow.js weights (uint8-quantized) into float32 in a upm.Arena and
-// seals it, so every instance of a function that loads the same models holds
-// byte-identical pages, which package upm has the kernel merge. Fetch the
-// models with examples/imageclass/fetch-model.sh.
+// seals it, or with Options.Weights WeightsHeap into one slab on the Go heap
+// that it advises with upm.AdviseSlice, so every instance of a function that
+// loads the same models holds byte-identical pages, which package upm has the
+// kernel merge. Fetch the models with examples/imageclass/fetch-model.sh.
 package classifier
 
 import (
@@ -25,6 +26,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/upm-project/upm"
 )
@@ -41,6 +43,33 @@ var modelNames = map[string]func() []string{
 	recognitionModel: recognitionNames,
 }
 
+// Weights says where Load places the decoded weights.
+type Weights string
+
+const (
+	// WeightsArena decodes the weights into a upm.Arena off the Go heap
+	// and seals it: advised as shareable and made read-only, so a stray
+	// write faults instead of silently unsharing a page. The default.
+	WeightsArena Weights = "arena"
+	// WeightsHeap decodes the weights into one []float32 slab on the Go
+	// heap, allocated once so that the advised range is one contiguous
+	// slice, and advises it with upm.AdviseSlice: the README's lead
+	// example, for programs that cannot move their data off the heap.
+	WeightsHeap Weights = "heap"
+)
+
+// ParseWeights returns the placement named s: "arena" or "heap" (the empty
+// string is "arena").
+func ParseWeights(s string) (Weights, error) {
+	switch w := Weights(s); w {
+	case "", WeightsArena:
+		return WeightsArena, nil
+	case WeightsHeap:
+		return w, nil
+	}
+	return "", fmt.Errorf("classifier: weights %q: want %q or %q", s, WeightsArena, WeightsHeap)
+}
+
 // Options configure Load.
 type Options struct {
 	// Models names the models to load, a subset of Models; the tiny face
@@ -51,27 +80,36 @@ type Options struct {
 	// By default the files are mapped in place while they are decoded and
 	// unmapped after.
 	KeepRaw bool
+	// Weights is where the decoded weights live: WeightsArena (also the
+	// empty string) or WeightsHeap.
+	Weights Weights
 }
 
 // LoadStats describe what Load did with memory.
 type LoadStats struct {
 	// Backend is upm.CurrentBackend.
 	Backend string `json:"backend"`
+	// Weights is the placement of the decoded weights: "arena" or "heap".
+	// It is "heap" for Options.Weights "arena" too where no arena can be
+	// mapped (outside Linux).
+	Weights Weights `json:"weights"`
 	// Models are the models loaded, and Params their number of weights.
 	Models []string `json:"models"`
 	Params int64    `json:"params"`
-	// DecodedBytes is the size of the arena that holds the decoded
-	// float32 weights, and RawBytes the file bytes kept (KeepRaw).
+	// DecodedBytes is the size of the arena or the heap slab that holds
+	// the decoded float32 weights, and RawBytes the file bytes kept
+	// (KeepRaw).
 	DecodedBytes int64 `json:"decoded_bytes"`
 	RawBytes     int64 `json:"raw_bytes"`
 	// AdvisedBytes is what was advised to the kernel as shareable: zero
-	// when the backend cannot merge, NotAdvised then says why.
+	// when the backend cannot merge, NotAdvised then says why. Of a heap
+	// slab only the whole pages inside it are advised.
 	AdvisedBytes int64  `json:"advised_bytes"`
 	NotAdvised   string `json:"not_advised,omitempty"`
 	// LoadTime is the wall time of Load. AdviseTime is the wall time of
-	// its advise calls (Arena.Seal, and AdviseFile with KeepRaw), and
-	// AdviseSysTime the system CPU time their thread spent in them: on a
-	// UPM kernel, the merging.
+	// its advise calls (Arena.Seal or AdviseSlice, and AdviseFile with
+	// KeepRaw), and AdviseSysTime the system CPU time their thread spent
+	// in them: on a UPM kernel, the merging.
 	LoadTime      time.Duration `json:"load_ns"`
 	AdviseTime    time.Duration `json:"advise_ns"`
 	AdviseSysTime time.Duration `json:"advise_sys_ns"`
@@ -81,20 +119,26 @@ type LoadStats struct {
 // only reads the weights.
 type Model struct {
 	nets   map[string]weights
-	arena  *upm.Arena
+	arena  *upm.Arena // the weights, WeightsArena
+	slab   []float32  // the weights, WeightsHeap
 	region *upm.Region
 	src    *shardSource
 	stats  LoadStats
 }
 
-// Load loads the models in dir (see fetch-model.sh), decodes their weights
-// into float32 in an arena and seals it: the arena is advised as shareable
-// and made read-only. When the backend cannot merge pages (see
+// Load loads the models in dir (see fetch-model.sh) and decodes their
+// weights into float32 where opts.Weights says: into an arena that it seals
+// (advised as shareable and made read-only), or into one slab on the Go heap
+// that it advises. When the backend cannot merge pages (see
 // upm.BackendReason) the weights load all the same, unadvised.
 func Load(dir string, opts *Options) (*Model, error) {
 	start := time.Now()
 	if opts == nil {
 		opts = &Options{}
+	}
+	placement, err := ParseWeights(string(opts.Weights))
+	if err != nil {
+		return nil, err
 	}
 	models := opts.Models
 	if models == nil {
@@ -118,25 +162,52 @@ func Load(dir string, opts *Options) (*Model, error) {
 			return nil, fmt.Errorf("classifier: %w (run examples/imageclass/fetch-model.sh)", err)
 		}
 		manifests[i] = mf
-		total += n + 4 // room to align each model's weights
+		total += n
 	}
 	m.stats.Models = models
-	m.stats.Params = 0
 
-	arena, err := upm.NewArena(4 * total)
-	if err != nil && !errors.Is(err, upm.ErrUnsupported) {
-		return nil, fmt.Errorf("classifier: %w", err)
-	}
-	m.arena = arena
-	alloc := func(n int) ([]float32, error) {
-		m.stats.Params += int64(n)
-		if arena == nil {
-			return make([]float32, n), nil
+	var alloc func(n int) ([]float32, error)
+	if placement == WeightsArena {
+		// 4 more floats a model leave room to align each model's
+		// weights.
+		arena, err := upm.NewArena(4 * (total + 4*len(models)))
+		switch {
+		case err == nil:
+			m.arena = arena
+			m.stats.DecodedBytes = int64(arena.Cap())
+			alloc = func(n int) ([]float32, error) { return upm.ArenaSlice[float32](arena, n) }
+		case errors.Is(err, upm.ErrUnsupported):
+			// No arena outside Linux: the weights go to the heap,
+			// and the advice would fail there too.
+			m.stats.noteUnadvised(err)
+			placement = WeightsHeap
+		default:
+			return nil, fmt.Errorf("classifier: %w", err)
 		}
-		return upm.ArenaSlice[float32](arena, n)
+	}
+	if placement == WeightsHeap {
+		// One slab for all the weights, cut into them in order: one
+		// allocation, so what is advised is one contiguous range and
+		// no weight straddles the end of another allocation.
+		m.slab = make([]float32, total)
+		m.stats.DecodedBytes = 4 * int64(total)
+		used := 0
+		alloc = func(n int) ([]float32, error) {
+			if n > len(m.slab)-used {
+				return nil, fmt.Errorf("%d weights overflow the slab of %d", used+n, len(m.slab))
+			}
+			s := m.slab[used : used+n : used+n]
+			used += n
+			return s, nil
+		}
+	}
+	m.stats.Weights = placement
+	count := func(n int) ([]float32, error) {
+		m.stats.Params += int64(n)
+		return alloc(n)
 	}
 	for i, name := range models {
-		w, err := loadWeights(dir, name, manifests[i], m.src, alloc)
+		w, err := loadWeights(dir, name, manifests[i], m.src, count)
 		if err == nil {
 			err = w.require(name, modelNames[name]())
 		}
@@ -147,52 +218,74 @@ func Load(dir string, opts *Options) (*Model, error) {
 		m.nets[name] = w
 	}
 
-	if arena != nil {
-		m.stats.DecodedBytes = int64(arena.Cap())
-		var region *upm.Region
-		var serr error
-		m.stats.timeAdvice(func() error {
-			region, serr = arena.Seal()
-			return serr
-		})
-		switch {
-		case serr == nil:
-			m.region = region
-			m.stats.AdvisedBytes += int64(region.Len())
-		case errors.Is(serr, upm.ErrUnsupported):
-			m.stats.noteUnadvised(serr)
-		default:
-			m.Close()
-			return nil, fmt.Errorf("classifier: %w", serr)
-		}
-	} else {
-		m.stats.DecodedBytes = 4 * m.stats.Params
-		m.stats.noteUnadvised(err)
+	if err := m.advise(); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("classifier: %w", err)
 	}
 	m.stats.LoadTime = time.Since(start)
 	return m, nil
 }
 
+// advise advises the decoded weights, now written: it seals the arena, or
+// advises the heap slab. A backend that cannot merge is no error.
+func (m *Model) advise() error {
+	var region *upm.Region
+	var err error
+	switch {
+	case m.arena != nil:
+		m.stats.timeAdvice(func() error {
+			region, err = m.arena.Seal()
+			return err
+		})
+	case m.slab != nil:
+		m.stats.timeAdvice(func() error {
+			region, err = upm.AdviseSlice(m.slab)
+			return err
+		})
+	default:
+		return nil
+	}
+	switch {
+	case err == nil:
+		m.region = region
+		m.stats.AdvisedBytes += int64(region.Len())
+	case errors.Is(err, upm.ErrUnsupported), errors.Is(err, upm.ErrTooSmall):
+		m.stats.noteUnadvised(err)
+	default:
+		return err
+	}
+	return nil
+}
+
 // Stats returns what Load did.
 func (m *Model) Stats() LoadStats { return m.stats }
 
-// Region returns the advised arena of decoded weights, or nil when it was not
-// advised.
+// Region returns the advised memory of the decoded weights, the arena or the
+// whole pages of the heap slab, or nil when it was not advised.
 func (m *Model) Region() *upm.Region { return m.region }
 
-// WeightBytes returns the memory that holds the decoded weights, the bytes
-// that Load advises (read-only once sealed), or nil where they live on the Go
-// heap (outside Linux).
+// WeightBytes returns the memory that holds the decoded weights: the arena
+// (read-only once sealed), or the heap slab, of which Region covers the whole
+// pages. It is nil after Close.
 func (m *Model) WeightBytes() []byte {
-	if m.arena == nil {
+	if m.arena != nil {
+		return m.arena.Bytes()
+	}
+	if len(m.slab) == 0 {
 		return nil
 	}
-	return m.arena.Bytes()
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(m.slab))), 4*len(m.slab))
 }
 
 // Close releases the model's memory. The Model must not be used afterwards.
 func (m *Model) Close() error {
 	var errs []error
+	if m.slab != nil && m.region != nil {
+		// The Region keeps the slab reachable until the advice is
+		// taken off; the arena's Close takes it off its own memory.
+		errs = append(errs, m.region.Unadvise())
+	}
+	m.region, m.slab = nil, nil
 	if m.arena != nil {
 		errs = append(errs, m.arena.Close())
 		m.arena = nil
@@ -214,6 +307,10 @@ type ClassifyOptions struct {
 	MinScore float64
 	// MaxFaces, if positive, keeps only the best-scoring faces.
 	MaxFaces int
+	// Models, if not nil, names the networks run on each face, a subset
+	// of the models loaded (the detector always runs): fewer is cheaper.
+	// Nil runs all the models loaded.
+	Models []string
 }
 
 // Result is what Classify found in an image.
@@ -302,6 +399,11 @@ func (m *Model) Classify(img image.Image, opts ClassifyOptions) (res *Result, er
 	if opts.InputSize%32 != 0 || opts.InputSize < 32 || opts.InputSize > 1024 {
 		return nil, fmt.Errorf("classifier: input size %d: want a multiple of 32 up to 1024", opts.InputSize)
 	}
+	for _, name := range opts.Models {
+		if _, ok := m.nets[name]; !ok {
+			return nil, fmt.Errorf("classifier: model %s not loaded", name)
+		}
+	}
 	b := img.Bounds()
 	if b.Dx() < 1 || b.Dy() < 1 {
 		return nil, fmt.Errorf("classifier: empty image")
@@ -336,7 +438,7 @@ func (m *Model) Classify(img image.Image, opts ClassifyOptions) (res *Result, er
 			continue
 		}
 		fx, fy := int(math.Floor(x0)), int(math.Floor(y0))
-		m.classifyFace(&f, t.crop(fx, fy, int(math.Floor(cw)), int(math.Floor(ch))), nil)
+		m.classifyFace(&f, t.crop(fx, fy, int(math.Floor(cw)), int(math.Floor(ch))), opts.Models)
 		for i := range f.Landmarks {
 			f.Landmarks[i][0] += float64(fx)
 			f.Landmarks[i][1] += float64(fy)

@@ -6,13 +6,16 @@ package classifier_test
 import (
 	"image"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upm-project/upm"
 	"github.com/upm-project/upm/examples/imageclass/classifier"
 )
 
@@ -178,5 +181,133 @@ func TestClassifyFace(t *testing.T) {
 	assert.InDelta(t, 17.4, face.Age, 0.1)
 	assert.Empty(t, face.Descriptor)
 	_, err = m.ClassifyFace(sub, "nope")
+	assert.ErrorContains(t, err, "not loaded")
+}
+
+func TestParseWeights(t *testing.T) {
+	for s, w := range map[string]classifier.Weights{"": classifier.WeightsArena, "arena": classifier.WeightsArena, "heap": classifier.WeightsHeap} {
+		got, err := classifier.ParseWeights(s)
+		require.NoError(t, err, s)
+		assert.Equal(t, w, got, s)
+	}
+	_, err := classifier.ParseWeights("disk")
+	assert.ErrorContains(t, err, `weights "disk"`)
+	_, err = classifier.Load(t.TempDir(), &classifier.Options{Weights: "disk"})
+	assert.ErrorContains(t, err, `weights "disk"`)
+}
+
+// classifyAll returns what m finds in the sample photos, without the times.
+func classifyAll(t *testing.T, m *classifier.Model, dir string) map[string]*classifier.Result {
+	t.Helper()
+	out := make(map[string]*classifier.Result)
+	for name := range samples {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		require.NoError(t, err)
+		res, err := m.ClassifyBytes(b, classifier.ClassifyOptions{})
+		require.NoError(t, err)
+		res.Elapsed = 0
+		out[name] = res
+	}
+	return out
+}
+
+func TestWeightsHeap(t *testing.T) {
+	dir := modelDir(t)
+	arena, err := classifier.Load(dir, nil)
+	require.NoError(t, err)
+	defer arena.Close()
+	heap, err := classifier.Load(dir, &classifier.Options{Weights: classifier.WeightsHeap})
+	require.NoError(t, err)
+	defer heap.Close()
+
+	as, hs := arena.Stats(), heap.Stats()
+	assert.Equal(t, classifier.WeightsHeap, hs.Weights)
+	assert.Equal(t, as.Params, hs.Params)
+	assert.Equal(t, 4*hs.Params, hs.DecodedBytes, "one slab of exactly the weights")
+	w := heap.WeightBytes()
+	require.Len(t, w, int(hs.DecodedBytes))
+	if runtime.GOOS == "linux" {
+		assert.Equal(t, classifier.WeightsArena, as.Weights)
+	}
+
+	// Both placements hold the same numbers, so they find the same.
+	assert.Equal(t, classifyAll(t, arena, dir), classifyAll(t, heap, dir))
+
+	if hs.NotAdvised != "" {
+		assert.Nil(t, heap.Region())
+		assert.Zero(t, hs.AdvisedBytes)
+		t.Skipf("not advised: %s", hs.NotAdvised)
+	}
+	// The region is the whole pages of the slab: its start rounded up,
+	// its end down.
+	r := heap.Region()
+	require.NotNil(t, r)
+	page := uintptr(os.Getpagesize())
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(w)))
+	end := start + uintptr(len(w))
+	assert.Equal(t, (start+page-1)&^(page-1), r.Addr())
+	assert.Equal(t, int(end&^(page-1)-r.Addr()), r.Len())
+	assert.EqualValues(t, r.Len(), hs.AdvisedBytes)
+	assert.Positive(t, hs.AdviseTime)
+	assert.Empty(t, hs.NotAdvised)
+
+	require.NoError(t, heap.Close())
+	assert.Nil(t, heap.WeightBytes())
+	assert.Nil(t, heap.Region())
+	b, err := os.ReadFile(filepath.Join(dir, "sample2.jpg"))
+	require.NoError(t, err)
+	_, err = heap.ClassifyBytes(b, classifier.ClassifyOptions{})
+	assert.ErrorContains(t, err, "closed")
+}
+
+// TestWeightsUnsupported loads both placements where the backend cannot
+// merge: in a child process with UPM_BACKEND=none, as the backend is chosen
+// once a process.
+func TestWeightsUnsupported(t *testing.T) {
+	dir := modelDir(t)
+	if os.Getenv(upm.EnvBackend) != "none" && upm.CurrentBackend() != upm.BackendNone {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestWeightsUnsupported$", "-test.v")
+		cmd.Env = append(os.Environ(), upm.EnvBackend+"=none")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.Contains(t, string(out), "--- PASS: TestWeightsUnsupported")
+		return
+	}
+	for _, w := range []classifier.Weights{classifier.WeightsArena, classifier.WeightsHeap} {
+		m, err := classifier.Load(dir, &classifier.Options{Models: []string{"face_expression_model"}, Weights: w})
+		require.NoError(t, err, w)
+		st := m.Stats()
+		assert.NotEmpty(t, st.NotAdvised, w)
+		assert.Zero(t, st.AdvisedBytes, w)
+		assert.Nil(t, m.Region(), w)
+		b, err := os.ReadFile(filepath.Join(dir, "sample2.jpg"))
+		require.NoError(t, err)
+		res, err := m.ClassifyBytes(b, classifier.ClassifyOptions{})
+		require.NoError(t, err, w)
+		require.Len(t, res.Faces, 1, w)
+		assert.Equal(t, "sad", res.Faces[0].Expression, w)
+		require.NoError(t, m.Close(), w)
+	}
+}
+
+func TestClassifyModels(t *testing.T) {
+	dir := modelDir(t)
+	m, err := classifier.Load(dir, &classifier.Options{Models: []string{"face_expression_model", "age_gender_model"}})
+	require.NoError(t, err)
+	defer m.Close()
+	b, err := os.ReadFile(filepath.Join(dir, "sample2.jpg"))
+	require.NoError(t, err)
+	res, err := m.ClassifyBytes(b, classifier.ClassifyOptions{Models: []string{"face_expression_model"}})
+	require.NoError(t, err)
+	require.Len(t, res.Faces, 1)
+	assert.Equal(t, "sad", res.Faces[0].Expression)
+	assert.Empty(t, res.Faces[0].Gender, "age and gender not asked for")
+
+	res, err = m.ClassifyBytes(b, classifier.ClassifyOptions{Models: []string{}})
+	require.NoError(t, err)
+	require.Len(t, res.Faces, 1, "the detector runs all the same")
+	assert.Empty(t, res.Faces[0].Expression)
+
+	_, err = m.ClassifyBytes(b, classifier.ClassifyOptions{Models: []string{"face_recognition_model"}})
 	assert.ErrorContains(t, err, "not loaded")
 }
