@@ -6,6 +6,7 @@ package upm
 import (
 	"fmt"
 	"os"
+	"reflect"
 	"runtime"
 	"unsafe"
 )
@@ -32,8 +33,22 @@ var pageSize = os.Getpagesize()
 // ErrUnsupported and changes nothing. Kernel errors keep their errno:
 // errors.Is(err, unix.ENOMEM) is true when part of b is not mapped, and
 // errors.Is(err, unix.EINVAL) when the kernel refuses the memory, as UPM does
-// for shared and hugetlb mappings. A failed Advise takes back what the kernel
-// had advised before it failed, so no advice is left that no Region owns.
+// for shared and hugetlb mappings. The error is an *AdviseError.
+//
+// A failed Advise never takes advice off memory: other Regions that overlap
+// b keep theirs, and what the kernel merged before it failed stays merged.
+// When the kernel may have advised part of b before it failed (ENOMEM: the
+// mapped parts are advised, and merged by UPM; EINVAL: the mappings before
+// the one UPM refused; EAGAIN, EINTR, ErrLimit: all of b is advised, and
+// merged up to where the kernel stopped), Advise returns a Region together
+// with the error. It owns that advice: keep it, as what merged is saved
+// memory, or Unadvise it; its Status reports StatePartial. When nothing was
+// advised the Region is nil.
+//
+// MADV_UPM_MERGE fails with EAGAIN when the kernel could not allocate its
+// bookkeeping; the kernel's documentation allows repeating the call, and
+// Advise leaves that to the caller, who knows whether memory is short: Advise
+// on the same memory again merges what was not merged yet.
 //
 // The returned Region refers to the memory and stays in the package's
 // registry (see WriteProfile) until Unadvise, so the garbage collector does
@@ -56,8 +71,18 @@ func Advise(b []byte) (*Region, error) {
 // AdviseSlice is Advise over the bytes of the elements of s, for tables of
 // numbers such as []float32 model weights. Like Advise, it advises only the
 // whole pages inside the elements' memory.
+//
+// T must hold no Go pointers (no pointers, strings, slices, maps, channels,
+// functions or interfaces), as for ArenaSlice. Merging such memory would be
+// safe, but it would not pay: pointers differ from process to process, so
+// the pages are never identical, and for a []string the bytes that could
+// merge are elsewhere. AdviseSlice returns an error for such a T.
 func AdviseSlice[T any](s []T) (*Region, error) {
 	var p unsafe.Pointer
+	if t := reflect.TypeFor[T](); pointerType(t) != nil {
+		return nil, &AdviseError{Op: "advise", Addr: uintptr(unsafe.Pointer(unsafe.SliceData(s))), Len: len(s) * int(t.Size()),
+			Err: fmt.Errorf("%v holds Go pointers (%v), which differ between processes, so its pages never merge; advise the data they point to", t, pointerType(t))}
+	}
 	n := len(s) * int(unsafe.Sizeof(*new(T)))
 	if n > 0 {
 		p = unsafe.Pointer(unsafe.SliceData(s))
@@ -71,28 +96,46 @@ func advise(p unsafe.Pointer, n int, kind, label string, stack []uintptr) (*Regi
 	if err != nil {
 		return nil, err
 	}
+	return adviseMem("advise", mem, kind, label, stack)
+}
+
+// adviseMem advises mem, page-aligned, and returns the Region that owns the
+// advice: Advise, AdviseFile and Arena.Seal all come here.
+//
+// A failed madvise is not undone. MADV_UNMERGEABLE over the range would take
+// the advice off earlier Regions that overlap it too, and would copy back the
+// pages the kernel merged, which it documents stay merged (EAGAIN, EINTR,
+// ENOSPC, and ENOMEM for the mapped parts). So when the kernel may have
+// advised some of the range, the Region is returned with the error, owning
+// what was advised: its Status says so, and Unadvise takes it off.
+func adviseMem(op string, mem []byte, kind, label string, stack []uintptr) (*Region, error) {
 	d := currentDetection()
 	if d.err != nil {
-		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w", len(mem), addrOf(mem), d.err)
+		return nil, &AdviseError{Op: op, Addr: addrOf(mem), Len: len(mem), Err: d.err}
 	}
-	if err := sysAdvise(mem, d); err != nil {
+	err := sysAdvise(mem, d)
+	if err == nil {
+		return newRegion(mem, d.backend, kind, label, stack, nil), nil
+	}
+	err.Op = op
+	if !sysAdvisedAny(mem) {
 		return nil, err
 	}
-	return newRegion(mem, d.backend, kind, label, stack), nil
+	return newRegion(mem, d.backend, kind, label, stack, err), err
 }
 
 // interior returns the whole pages inside [p, p+n), or an error wrapping
 // ErrTooSmall if there are none.
 func interior(p unsafe.Pointer, n int) ([]byte, error) {
 	if p == nil || n <= 0 {
-		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w", max(n, 0), uintptr(p), ErrTooSmall)
+		return nil, &AdviseError{Op: "advise", Addr: uintptr(p), Len: max(n, 0), Err: ErrTooSmall}
 	}
 	start := uintptr(p)
 	ps := uintptr(pageSize)
 	first := (start + ps - 1) &^ (ps - 1)
 	last := (start + uintptr(n)) &^ (ps - 1)
 	if first < start || last <= first {
-		return nil, fmt.Errorf("upm: advise %d bytes at %#x: %w (%d-byte pages)", n, start, ErrTooSmall, pageSize)
+		return nil, &AdviseError{Op: "advise", Addr: start, Len: n, Err: fmt.Errorf("%w (%d-byte pages)", ErrTooSmall, pageSize)}
 	}
 	// unsafe.Add keeps the derived pointer inside b's object, which keeps
 	// the object reachable for as long as the Region holds it.

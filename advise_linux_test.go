@@ -119,13 +119,19 @@ func TestAdviseUnmapped(t *testing.T) {
 	assert.Contains(t, err.Error(), fmt.Sprintf("upm: advise %d bytes at %#x: MADV_", pageSize, uintptr(p)))
 
 	// A hole in the middle of a range: the kernel advises the pages
-	// around it before it fails, and Advise takes that back.
+	// around it before it fails, and the Region returned owns them.
 	mem := mmapPages(t, 3)
 	require.NoError(t, unix.MunmapPtr(unsafe.Pointer(&mem[pageSize]), uintptr(pageSize)))
-	_, err = Advise(mem)
+	r, err = Advise(mem)
 	assert.ErrorIs(t, err, unix.ENOMEM)
+	require.NotNil(t, r)
+	assert.Equal(t, StatePartial, r.Status().State)
+	assert.True(t, mergeable(t, addrOf(mem)), "page before the hole")
+	assert.True(t, mergeable(t, addrOf(mem)+uintptr(2*pageSize)), "page after the hole")
+	assert.ErrorIs(t, r.Unadvise(), unix.ENOMEM)
 	assert.False(t, mergeable(t, addrOf(mem)), "page before the hole left advised")
 	assert.False(t, mergeable(t, addrOf(mem)+uintptr(2*pageSize)), "page after the hole left advised")
+	assert.NotContains(t, liveRegions(), r)
 }
 
 func TestRegionOfFreedMemory(t *testing.T) {

@@ -7,13 +7,15 @@ package upm
 
 import "fmt"
 
-func sysAdvise(mem []byte, d detection) error {
-	return fmt.Errorf("upm: advise %d bytes at %#x: %w", len(mem), addrOf(mem), d.err)
+func sysAdvise(mem []byte, d detection) *AdviseError {
+	return &AdviseError{Op: "advise", Addr: addrOf(mem), Len: len(mem), Err: d.err}
 }
 
 func sysUnadvise(mem []byte) error {
-	return fmt.Errorf("upm: unadvise %d bytes at %#x: %w", len(mem), addrOf(mem), BackendReason())
+	return &AdviseError{Op: "unadvise", Addr: addrOf(mem), Len: len(mem), Err: BackendReason()}
 }
+
+func sysAdvisedAny([]byte) bool { return false }
 
 func sysMapped([]byte) bool { return true }
 

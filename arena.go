@@ -20,11 +20,17 @@ const arenaAlign = 16
 // memory, so it must not hold Go pointers; ArenaSlice refuses element types
 // that contain them. An Arena is safe for concurrent use.
 type Arena struct {
-	mu     sync.Mutex
-	mem    []byte // nil after Close
-	used   int
-	region *Region
-	sealed bool
+	// sealMu is held by Seal, across its system calls, and by Close, so
+	// that the memory is not unmapped under a Seal. mu guards the fields
+	// and is never held across a system call: Bytes, Len and Cap answer
+	// while a Seal waits for a busy UPM kernel.
+	sealMu  sync.Mutex
+	mu      sync.Mutex
+	mem     []byte // nil after Close
+	used    int
+	region  *Region
+	sealed  bool
+	sealing bool // a Seal is under way: Alloc fails as after it
 }
 
 // NewArena maps an arena of size bytes, rounded up to whole pages, of private
@@ -105,6 +111,11 @@ func ArenaSlice[T any](a *Arena, n int) ([]T, error) {
 	}
 	size := int(t.Size())
 	if size == 0 {
+		// Nothing to carve out, but the arena must be as usable as for
+		// any other type: not closed, not sealed.
+		if _, err := a.alloc(0, 1, "arena slice of %d %v", n, t); err != nil {
+			return nil, err
+		}
 		if n < 0 {
 			return nil, fmt.Errorf("upm: arena slice of %d %v: negative length", n, t)
 		}
@@ -134,7 +145,7 @@ func (a *Arena) alloc(n, align int, what string, args ...any) (unsafe.Pointer, e
 	switch {
 	case a.mem == nil:
 		return nil, fmt.Errorf("upm: "+what+": %w", append(args, ErrClosed)...)
-	case a.sealed:
+	case a.sealed || a.sealing:
 		return nil, fmt.Errorf("upm: "+what+": %w", append(args, ErrSealed)...)
 	}
 	start := (a.used + align - 1) &^ (align - 1)
@@ -149,51 +160,68 @@ func (a *Arena) alloc(n, align int, what string, args ...any) (unsafe.Pointer, e
 }
 
 // Seal advises the whole arena as Advise does, and makes it read-only
-// (mprotect PROT_READ); pages never written are not present and cost nothing. Writes
-// after Seal fault with SIGSEGV rather than corrupt shared data. The Region
-// lives until Close, or until Unadvise if that comes first.
+// (mprotect PROT_READ); pages never written are not present and cost nothing.
+// Writes after Seal fault with SIGSEGV rather than corrupt shared data. The
+// Region lives until Close, or until Unadvise if that comes first.
 //
 // Seal fails with an error wrapping ErrSealed the second time, ErrClosed
-// after Close, and ErrUnsupported where CurrentBackend cannot merge pages; a
-// Seal that fails leaves the arena writable and unadvised.
+// after Close, and ErrUnsupported where CurrentBackend cannot merge pages.
+// A Seal that fails leaves the arena writable and unsealed, so it can be
+// sealed again; if the kernel advised part of it before it failed, Seal
+// returns the Region that owns that advice along with the error, as Advise
+// does. Alloc fails with ErrSealed while Seal is under way; Bytes, Len and
+// Cap do not wait for it.
 func (a *Arena) Seal() (*Region, error) {
 	stack := callers()
 	if a == nil {
-		return nil, fmt.Errorf("upm: seal nil Arena: %w", ErrClosed)
+		return nil, &AdviseError{Op: "seal", Err: fmt.Errorf("nil Arena: %w", ErrClosed)}
 	}
+	a.sealMu.Lock()
+	defer a.sealMu.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	switch {
 	case a.mem == nil:
-		return nil, fmt.Errorf("upm: seal arena: %w", ErrClosed)
+		a.mu.Unlock()
+		return nil, &AdviseError{Op: "seal", Err: ErrClosed}
 	case a.sealed:
-		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), ErrSealed)
+		a.mu.Unlock()
+		return nil, &AdviseError{Op: "seal", Addr: addrOf(a.mem), Len: len(a.mem), Err: ErrSealed}
 	}
-	d := currentDetection()
-	if d.err != nil {
-		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), d.err)
-	}
-	if err := sysAdvise(a.mem, d); err != nil {
-		return nil, err
-	}
-	if err := protect(a.mem, false); err != nil {
-		if uerr := sysUnadvise(a.mem); uerr != nil {
-			return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w (and the arena stays advised: %v)", len(a.mem), addrOf(a.mem), err, uerr)
+	mem, old := a.mem, a.region
+	a.sealing = true
+	a.mu.Unlock()
+
+	// A Region left by an earlier Seal that failed part of the way gives
+	// its advice to the new one.
+	old.release()
+	region, err := adviseMem("seal", mem, kindArena, "", stack)
+	if err == nil {
+		if perr := protect(mem, false); perr != nil {
+			err = &AdviseError{Op: "seal", Addr: addrOf(mem), Len: len(mem), Err: perr}
 		}
-		return nil, fmt.Errorf("upm: seal arena of %d bytes at %#x: %w", len(a.mem), addrOf(a.mem), err)
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sealing = false
+	a.region = region
+	if err != nil {
+		return region, err
 	}
 	a.sealed = true
-	a.region = newRegion(a.mem, d.backend, kindArena, "", stack)
-	return a.region, nil
+	return region, nil
 }
 
 // Close unmaps the arena. Slices from Bytes, Alloc and ArenaSlice must not be
 // used afterwards. Unmapping releases merged pages without copying them. A
 // second Close returns an error wrapping ErrClosed and does nothing else.
+// Close waits for a Seal under way.
 func (a *Arena) Close() error {
 	if a == nil {
 		return fmt.Errorf("upm: close nil Arena: %w", ErrClosed)
 	}
+	a.sealMu.Lock()
+	defer a.sealMu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.mem == nil {

@@ -381,7 +381,7 @@ func TestArenaSealUnsupported(t *testing.T) {
 
 	_, err = a.Seal()
 	require.ErrorIs(t, err, ErrUnsupported)
-	assert.Contains(t, err.Error(), "upm: seal arena of 4096 bytes at ")
+	assert.Contains(t, err.Error(), "upm: seal 4096 bytes at ")
 	// A failed Seal leaves the arena as it was: writable, open to Alloc.
 	b[0] = 1
 	assert.Equal(t, "rw-p", vmaAt(t, addrOf(b)).perms)

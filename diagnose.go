@@ -29,8 +29,41 @@ type Diagnosis struct {
 	// merges, 2 when it unmerges; -1 when there is no KSM or the file cannot
 	// be read.
 	KSMRun int
-	// Findings are plain sentences, the most important first.
-	Findings []string
+	// Domain is the UPM merge domain of this process; see MergeDomain.
+	Domain MergeDomain
+	// Findings are what Diagnose found, the most important first, each
+	// with a stable code (CodeKSMDStopped, CodeAloneInMergeDomain, ...).
+	Findings []Finding
+}
+
+// Has reports whether the diagnosis has a finding with the given code.
+func (d Diagnosis) Has(code string) bool {
+	for _, f := range d.Findings {
+		if f.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// MergeDomain is the merge domain of a process on a UPM kernel: the nearest
+// cgroup at or above its own that carries MergeDomainXattr, or else its own
+// cgroup. The UPM kernel merges pages only within one domain.
+type MergeDomain struct {
+	// Cgroup is the domain's cgroup directory, such as
+	// "/sys/fs/cgroup/fn-imageclass"; empty when unknown (no cgroup v2).
+	Cgroup string
+	// Marked reports whether Cgroup carries MergeDomainXattr; when false
+	// the domain is the process's own cgroup.
+	Marked bool
+	// MarkKnown reports whether the marks could be read: trusted.*
+	// attributes read as absent without CAP_SYS_ADMIN, so without it
+	// Cgroup is the process's own cgroup and a marked ancestor would go
+	// unseen.
+	MarkKnown bool
+	// Processes is the number of processes in Cgroup and the cgroups below
+	// it, from their cgroup.procs files; -1 when they cannot be read.
+	Processes int
 }
 
 // Diagnose examines the kernel, its settings and this process, and says in
@@ -49,7 +82,7 @@ func (d Diagnosis) String() string {
 	}
 	fmt.Fprintf(&b, "upm: backend %s: %s\n", d.Backend, verdict)
 	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "  - %s\n", f)
+		fmt.Fprintf(&b, "  - %s [%s]\n", f, f.Code)
 	}
 	return b.String()
 }

@@ -72,9 +72,14 @@ func TestDiagnoseKSM(t *testing.T) {
 	})
 	t.Run("page flags", func(t *testing.T) {
 		files := fakeKSM(t, map[string]string{"run": "0", "kpageflags": "x"})
-		assert.Contains(t, diagnose(ksm, files, nil).String(), "Region.Merged counts merged pages from /proc/self/smaps")
-		files.kpageflags = filepath.Join(files.ksmDir, "kpageflags")
-		assert.Contains(t, diagnose(ksm, files, nil).String(), "Region.Merged is exact")
+		files.pfns = func() bool { return false }
+		d := diagnose(ksm, files, nil)
+		assert.Contains(t, d.String(), "Region.Merged is not exact: page frame numbers and flags need CAP_SYS_ADMIN")
+		assert.True(t, d.Has(CodeCountsApproximate))
+		files.pfns = func() bool { return true }
+		d = diagnose(ksm, files, nil)
+		assert.Contains(t, d.String(), "Region.Merged is exact")
+		assert.True(t, d.Has(CodeCountsExact))
 	})
 }
 

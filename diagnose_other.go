@@ -13,10 +13,15 @@ func systemFiles() sysFiles { return sysFiles{} }
 
 func diagnose(det detection, _ sysFiles, _ []*Region) Diagnosis {
 	return Diagnosis{
-		Backend:  det.backend,
-		Forced:   det.forced,
-		KSMRun:   -1,
-		Findings: []string{fmt.Sprintf("Nothing is merged: %v. Advise, AdviseFile and NewArena return errors wrapping ErrUnsupported; the data works as usual, unshared.", det.err)},
+		Backend: det.backend,
+		Forced:  det.forced,
+		KSMRun:  -1,
+		Domain:  MergeDomain{Processes: -1},
+		Findings: []Finding{{
+			Code:   CodeUnsupported,
+			Fact:   fmt.Sprintf("Nothing is merged: %v.", det.err),
+			Remedy: "Advise, AdviseFile and Arena.Seal return errors wrapping ErrUnsupported; the data works as usual, unshared.",
+		}},
 	}
 }
 
@@ -26,4 +31,8 @@ func diagnoseRegion(mem []byte, det detection) RegionDiagnosis {
 		Len:      len(mem),
 		Findings: []string{fmt.Sprintf("Nothing is merged: %v.", det.err)},
 	}
+}
+
+func regionStatus(_ []byte, _ Backend, det detection) Status {
+	return Status{State: StateNotMerging, Code: CodeUnsupported, Reason: fmt.Sprint(det.err)}
 }

@@ -6,6 +6,11 @@ package upm
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,4 +47,125 @@ func checkCgroup2(dir string) error {
 		return fmt.Errorf("upm: merge domain %s: not a cgroup v2 directory", dir)
 	}
 	return nil
+}
+
+// Where the cgroup v2 hierarchy is, and this process's place in it.
+const (
+	sysCgroupRoot  = "/sys/fs/cgroup"
+	procSelfCgroup = "/proc/self/cgroup"
+)
+
+// readMergeDomain finds this process's merge domain under the cgroup v2
+// hierarchy mounted at root, from its cgroup file (/proc/self/cgroup), and
+// counts the processes in it.
+func readMergeDomain(root, cgroupFile string) MergeDomain {
+	d := MergeDomain{Processes: -1}
+	data, err := os.ReadFile(cgroupFile)
+	if err != nil {
+		return d
+	}
+	var rel string
+	found := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			rel, found = p, true
+			break
+		}
+	}
+	if !found {
+		return d // cgroup v1 only: UPM's domains are on v2.
+	}
+	own := filepath.Join(root, filepath.Clean("/"+rel))
+	d.Cgroup = own
+	// trusted.* attributes read as absent without CAP_SYS_ADMIN (ENODATA,
+	// as for a cgroup without the mark), so only with it is an unmarked
+	// answer an answer.
+	d.MarkKnown = hasCapability(capSysAdmin)
+	for dir := own; ; dir = filepath.Dir(dir) {
+		if _, err := unix.Getxattr(dir, MergeDomainXattr, nil); err == nil {
+			d.Cgroup, d.Marked, d.MarkKnown = dir, true, true
+			break
+		}
+		if dir == root || len(dir) <= len(root) {
+			break
+		}
+	}
+	d.Processes = countProcesses(d.Cgroup)
+	return d
+}
+
+// countProcesses counts the processes in the cgroup dir and below, from the
+// cgroup.procs files; -1 if one cannot be read.
+func countProcesses(dir string) int {
+	n := 0
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if e.IsDir() || e.Name() != "cgroup.procs" {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		n += strings.Count(string(data), "\n")
+		return nil
+	})
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// domainFindings says what the merge domain means for merging; the last
+// finding is the one that matters most.
+func domainFindings(d MergeDomain) []Finding {
+	if d.Cgroup == "" {
+		return []Finding{{Code: CodeMergeDomain, Fact: "This process's cgroup v2 is unknown, so is its merge domain."}}
+	}
+	which := "its own cgroup " + d.Cgroup + " (no cgroup at or above it carries " + MergeDomainXattr + ")"
+	switch {
+	case d.Marked:
+		which = "the marked cgroup " + d.Cgroup
+	case !d.MarkKnown:
+		which = "its own cgroup " + d.Cgroup + ", unless root marked a cgroup above it, which this process cannot see without CAP_SYS_ADMIN"
+	}
+	procs := "cannot be counted"
+	if d.Processes >= 0 {
+		procs = fmt.Sprintf("holds %d processes", d.Processes)
+	}
+	out := []Finding{{Code: CodeMergeDomain, Fact: fmt.Sprintf("UPM merges this process's pages only within its merge domain: %s, which %s.", which, procs)}}
+	if d.Processes != 1 {
+		return out
+	}
+	remedy := "Mark their parent or give them one domain name (see upm.MarkMergeDomain)."
+	switch {
+	case d.Marked:
+		out = append(out, Finding{Code: CodeMergeDomain, Fact: "This process is the first of its merge domain: processes that join it later merge with its pages."})
+	case d.MarkKnown:
+		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with: this process is alone in its merge domain; each instance has its own cgroup.", Remedy: remedy})
+	default:
+		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with, unless a cgroup above this one is marked: this process is alone in its cgroup; each instance has its own cgroup.", Remedy: remedy})
+	}
+	return out
+}
+
+// Capabilities, as numbered in linux/capability.h.
+const capSysAdmin = 21
+
+// hasCapability reports whether the effective capabilities of this process,
+// CapEff in /proc/self/status, include cap.
+func hasCapability(cap uint) bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			v, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && v&(1<<cap) != 0
+		}
+	}
+	return false
 }

@@ -105,7 +105,7 @@ func adviseFile(path string, o fileOptions, stack []uintptr) (*Mapping, error) {
 		mem:    mem,
 		size:   size,
 		path:   path,
-		region: newRegion(mem, d.backend, kindFile, path, stack),
+		region: newRegion(mem, d.backend, kindFile, path, stack, nil),
 	}, nil
 }
 

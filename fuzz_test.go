@@ -149,11 +149,19 @@ func FuzzAdvise(f *testing.F) {
 			require.NoError(t, err)
 		}
 		if err != nil {
-			require.Nil(t, r)
 			require.True(t, documentedAdviseError(err), "undocumented error %v", err)
+			// A failed Advise leaves what the kernel advised to a Region
+			// it returns, and nothing advised without one.
+			if r != nil {
+				require.Equal(t, StatePartial, r.Status().State)
+				if uerr := r.Unadvise(); uerr != nil {
+					require.ErrorIs(t, uerr, unix.ENOMEM, "Unadvise of a partly advised Region")
+				}
+				require.NotContains(t, liveRegions(), r)
+			}
 			if kind%memKinds < memHeap && hi > lo {
 				assert.False(t, mergeableIn(t, lo, hi),
-					"a failed Advise left advice behind: %v", err)
+					"advice left behind that no Region owns: %v", err)
 			}
 		} else {
 			require.Equal(t, lo, r.Addr())

@@ -23,6 +23,13 @@ type Region struct {
 	label   string // the file of a Mapping, for profiles
 	stack   []uintptr
 	seq     uint64
+	// failed is the error of an Advise that failed part of the way, after
+	// the kernel had advised some of the memory; nil for a good Advise.
+	failed error
+	// unadvising is true while an Unadvise is in the kernel, which is done
+	// without holding mu: on a busy UPM kernel MADV_UNMERGEABLE takes
+	// seconds, and Len, Merged and Diagnose must not wait for it.
+	unadvising bool
 }
 
 // Kinds of Region, as profile labels.
@@ -34,7 +41,7 @@ const (
 
 var regionSeq atomic.Uint64
 
-func newRegion(mem []byte, b Backend, kind, label string, stack []uintptr) *Region {
+func newRegion(mem []byte, b Backend, kind, label string, stack []uintptr, failed error) *Region {
 	r := &Region{
 		mem:     mem,
 		addr:    addrOf(mem),
@@ -44,6 +51,7 @@ func newRegion(mem []byte, b Backend, kind, label string, stack []uintptr) *Regi
 		label:   label,
 		stack:   stack,
 		seq:     regionSeq.Add(1),
+		failed:  failed,
 	}
 	register(r)
 	return r
@@ -81,32 +89,43 @@ func (r *Region) Backend() Backend {
 // and no longer keeps its memory reachable.
 //
 // Unadvise on a Region that was already unadvised, or whose Mapping or Arena
-// was closed, returns an error wrapping ErrClosed. If the kernel fails, the
+// was closed, returns an error wrapping ErrClosed; so does a call while
+// another Unadvise of the same Region is under way. If the kernel fails, the
 // Region stays advised so the call can be repeated, unless the memory is no
 // longer mapped (ENOMEM), in which case there is nothing left to unadvise and
-// the Region is released all the same.
+// the Region is released all the same. No lock is held while the kernel
+// works, so the Region's other methods answer meanwhile.
 func (r *Region) Unadvise() error {
 	if r == nil {
-		return fmt.Errorf("upm: unadvise nil Region: %w", ErrClosed)
+		return &AdviseError{Op: "unadvise", Err: fmt.Errorf("nil Region: %w", ErrClosed)}
 	}
 	r.mu.Lock()
+	if r.mem == nil || r.unadvising {
+		r.mu.Unlock()
+		return &AdviseError{Op: "unadvise", Addr: r.addr, Len: r.size, Err: ErrClosed}
+	}
+	mem := r.mem
+	r.unadvising = true
+	r.mu.Unlock()
+
+	err := sysUnadvise(mem)
+	unmapped := err != nil && !sysMapped(mem)
+
+	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.mem == nil {
-		return fmt.Errorf("upm: unadvise %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+	r.unadvising = false
+	if err == nil || unmapped {
+		r.releaseLocked()
 	}
-	if err := sysUnadvise(r.mem); err != nil {
-		if !sysMapped(r.mem) {
-			r.releaseLocked()
-		}
-		return err
-	}
-	r.releaseLocked()
-	return nil
+	return err
 }
 
 // release forgets the Region's memory without a system call, for a Mapping or
 // Arena whose memory is about to be unmapped.
 func (r *Region) release() {
+	if r == nil {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.releaseLocked()
@@ -135,13 +154,13 @@ func (r *Region) releaseLocked() {
 // ErrClosed.
 func (r *Region) Merged() (bytes int64, ok bool, err error) {
 	if r == nil {
-		return 0, false, fmt.Errorf("upm: merged: nil Region: %w", ErrClosed)
+		return 0, false, &AdviseError{Op: "merged", Err: fmt.Errorf("nil Region: %w", ErrClosed)}
 	}
 	r.mu.Lock()
 	mem := r.mem
 	r.mu.Unlock()
 	if mem == nil {
-		return 0, false, fmt.Errorf("upm: merged %d bytes at %#x: %w", r.size, r.addr, ErrClosed)
+		return 0, false, &AdviseError{Op: "merged", Addr: r.addr, Len: r.size, Err: ErrClosed}
 	}
 	return mergedBytes(mem, &smapsCache{})
 }

@@ -193,6 +193,11 @@ func (w *workerState) do(f []string) (string, error) {
 		return fmt.Sprint(addrOf(w.mem)), nil
 	case "advise":
 		r, err := upm.Advise(w.pages(atoi(f[1]), atoi(f[2])))
+		if r != nil {
+			// A failed Advise returns the Region that owns what the
+			// kernel advised before it failed.
+			w.region = r
+		}
 		if err != nil {
 			return "", err
 		}
