@@ -76,4 +76,3 @@ func sysAdvisedAny(mem []byte) bool {
 func sysMapped(mem []byte) bool {
 	return !errors.Is(unix.Msync(mem, unix.MS_ASYNC), unix.ENOMEM)
 }
-

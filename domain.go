@@ -20,6 +20,10 @@ const MergeDomainXattr = "trusted.upm.domain"
 // MarkMergeDomain makes the cgroup v2 directory dir, with every cgroup below
 // it, one merge domain of the UPM kernel. It needs CAP_SYS_ADMIN. Processes
 // already running there use the new domain from their next Advise on.
+//
+// On a kernel without UPM nothing reads the mark (ksmd is not domain-aware),
+// so MarkMergeDomain sets nothing and returns an error wrapping
+// ErrUnsupported.
 func MarkMergeDomain(dir string) error {
 	return sysMarkMergeDomain(dir)
 }

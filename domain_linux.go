@@ -15,9 +15,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// upmAdvicePath is where the kernel says it has UPM; tests move it.
+var upmAdvicePath = sysUPMAdvice
+
 func sysMarkMergeDomain(dir string) error {
 	if err := checkCgroup2(dir); err != nil {
 		return err
+	}
+	// Only a UPM kernel reads the mark. Setting it elsewhere would succeed
+	// and do nothing, and the caller would believe instances now share.
+	if _, err := readAdvice(upmAdvicePath); err != nil && conclusive(err) {
+		return fmt.Errorf("upm: mark %s as a merge domain: the kernel has no UPM (%v), so nothing would honour the mark: %w", dir, err, ErrUnsupported)
 	}
 	if err := unix.Setxattr(dir, MergeDomainXattr, []byte("1"), 0); err != nil {
 		return fmt.Errorf("upm: mark %s as a merge domain: %w", dir, err)

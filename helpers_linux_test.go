@@ -37,10 +37,11 @@ func TestMain(m *testing.M) {
 
 // helpers are the programs a test runs in a child process, by name.
 var helpers = map[string]func() error{
-	"seal-write":     helperSealWrite,
-	"file-write":     helperFileWrite,
-	"backend-report": helperBackendReport,
-	"upm-hold":       helperUPMHold,
+	"seal-write":         helperSealWrite,
+	"file-write":         helperFileWrite,
+	"backend-report":     helperBackendReport,
+	"upm-hold":           helperUPMHold,
+	"probe-side-effects": helperProbeSideEffects,
 }
 
 func runHelper(name string) int {
@@ -88,9 +89,30 @@ func requireUPM(t *testing.T) {
 // test ends. Tests that use it must not run in parallel.
 func withDetection(t *testing.T, d detection) {
 	t.Helper()
-	saved := currentDetection()
-	detected = d
-	t.Cleanup(func() { detected = saved })
+	detectMu.Lock()
+	saved := detected
+	detected = &d
+	detectMu.Unlock()
+	t.Cleanup(func() {
+		detectMu.Lock()
+		detected = saved
+		detectMu.Unlock()
+	})
+}
+
+// withProbe makes the package probe with p, from a clean slate, until the
+// test ends.
+func withProbe(t *testing.T, p func() probe) {
+	t.Helper()
+	detectMu.Lock()
+	saved, savedProbe := detected, probeSystem
+	detected, probeSystem = nil, p
+	detectMu.Unlock()
+	t.Cleanup(func() {
+		detectMu.Lock()
+		detected, probeSystem = saved, savedProbe
+		detectMu.Unlock()
+	})
 }
 
 // mmapPages maps n pages of private anonymous memory, without transparent

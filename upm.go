@@ -95,24 +95,41 @@ type detection struct {
 	err error
 	// forced is the value of UPM_BACKEND when it overrode detection.
 	forced string
+	// inconclusive is true when a probe failed for a reason that may pass
+	// (EACCES, EPERM, ENOMEM): the answer is used once and not kept.
+	inconclusive bool
 }
 
 var (
-	detectOnce sync.Once
-	detected   detection
+	// detectMu guards detected, the memoised answer: only a conclusive
+	// answer is kept, as cilium/ebpf's feature probes do. A probe that
+	// failed for EACCES, EPERM or ENOMEM may succeed at the next call.
+	detectMu sync.Mutex
+	detected *detection
+	// probeSystem is what currentDetection asks; tests replace it.
+	probeSystem = systemProbe
 )
 
 func currentDetection() detection {
-	detectOnce.Do(func() {
-		detected = detect(os.Getenv(EnvBackend), systemProbe())
-	})
-	return detected
+	detectMu.Lock()
+	defer detectMu.Unlock()
+	if detected != nil {
+		return *detected
+	}
+	d := detect(os.Getenv(EnvBackend), probeSystem())
+	if !d.inconclusive {
+		detected = &d
+	}
+	return d
 }
 
 // CurrentBackend returns the backend that Advise uses.
 //
 // The first call probes the kernel and reads UPM_BACKEND (see EnvBackend);
-// the answer is kept for the life of the process. It is BackendUPM when
+// a conclusive answer is kept for the life of the process. A probe that
+// fails for a reason that may pass (a file it may not read, a page it could
+// not map) is not remembered, and the next call probes again. Probing
+// changes nothing: it does not register the process with ksmd. It is BackendUPM when
 // /sys/kernel/mm/upm/advice names the MADV_UPM_MERGE advice, else BackendKSM
 // when /sys/kernel/mm/ksm exists and the kernel accepts MADV_MERGEABLE, else
 // BackendNone; BackendReason tells why a better backend was not chosen.
@@ -123,7 +140,9 @@ func CurrentBackend() Backend {
 // BackendReason returns nil when CurrentBackend can merge pages, and otherwise
 // an error wrapping ErrUnsupported that says what is missing: no KSM in the
 // kernel, not Linux, or a backend forced by UPM_BACKEND that the kernel does
-// not offer. Advise returns the same error. Diagnose explains more, such as a
+// not offer. When the probe could not tell (EACCES, EPERM, ENOMEM), the
+// error wraps that errno instead of ErrUnsupported, and the next call asks
+// again. Advise returns the same error. Diagnose explains more, such as a
 // stopped ksmd.
 func BackendReason() error {
 	return currentDetection().err
@@ -135,8 +154,25 @@ type probe struct {
 	goos string
 	// upmAdvice reads MADV_UPM_MERGE's number from the kernel.
 	upmAdvice func() (int, error)
-	// ksm reports whether the kernel has KSM and accepts MADV_MERGEABLE.
+	// ksm reports whether the kernel has KSM.
 	ksm func() error
+}
+
+// Probes answer nil for "supported", an absentError for a conclusive "not
+// supported", and any other error when they cannot tell.
+func conclusive(err error) bool {
+	var a absentError
+	return err == nil || errors.As(err, &a)
+}
+
+// absentError says that the kernel conclusively lacks a feature.
+type absentError struct{ error }
+
+func (e absentError) Unwrap() error { return e.error }
+
+// absent returns an absentError with the message format formats.
+func absent(format string, args ...any) error {
+	return absentError{fmt.Errorf(format, args...)}
 }
 
 // detect chooses the backend from the override value env and what p finds.
@@ -156,25 +192,40 @@ func detect(env string, p probe) detection {
 		if upmErr == nil {
 			return detection{backend: BackendUPM, advice: advice}
 		}
-		if ksmErr := p.ksm(); ksmErr != nil {
-			return detection{err: fmt.Errorf("kernel has neither UPM (%v) nor KSM (%v): %w", upmErr, ksmErr, ErrUnsupported)}
+		ksmErr := p.ksm()
+		unsure := !conclusive(upmErr) || !conclusive(ksmErr)
+		switch {
+		case ksmErr == nil:
+			return detection{backend: BackendKSM, inconclusive: unsure}
+		case unsure:
+			return detection{inconclusive: true, err: fmt.Errorf("cannot tell whether the kernel has UPM (%v) or KSM (%v): %w", upmErr, ksmErr, errors.Join(inconclusiveErrs(upmErr, ksmErr)...))}
 		}
-		return detection{backend: BackendKSM}
+		return detection{err: fmt.Errorf("kernel has neither UPM (%v) nor KSM (%v): %w", upmErr, ksmErr, ErrUnsupported)}
 
 	case "upm":
 		d := detection{backend: BackendUPM, forced: env}
 		advice, err := p.upmAdvice()
-		if err != nil {
+		switch {
+		case err == nil:
+			d.advice = advice
+		case conclusive(err):
 			d.err = fmt.Errorf("%s=upm, but the kernel does not offer MADV_UPM_MERGE (%v): %w", EnvBackend, err, ErrUnsupported)
-			return d
+		default:
+			d.inconclusive = true
+			d.err = fmt.Errorf("%s=upm, but cannot tell whether the kernel offers MADV_UPM_MERGE: %w", EnvBackend, err)
 		}
-		d.advice = advice
 		return d
 
 	case "ksm":
 		d := detection{backend: BackendKSM, forced: env}
-		if err := p.ksm(); err != nil {
+		err := p.ksm()
+		switch {
+		case err == nil:
+		case conclusive(err):
 			d.err = fmt.Errorf("%s=ksm, but the kernel has no usable KSM (%v): %w", EnvBackend, err, ErrUnsupported)
+		default:
+			d.inconclusive = true
+			d.err = fmt.Errorf("%s=ksm, but cannot tell whether the kernel has KSM: %w", EnvBackend, err)
 		}
 		return d
 
@@ -184,4 +235,16 @@ func detect(env string, p probe) detection {
 	default:
 		return detection{forced: env, err: fmt.Errorf("%s=%q is not one of upm, ksm, none or auto: %w", EnvBackend, env, ErrUnsupported)}
 	}
+}
+
+// inconclusiveErrs returns the errors of errs that are not conclusive, so
+// that the errno of an inconclusive probe stays underneath.
+func inconclusiveErrs(errs ...error) []error {
+	var out []error
+	for _, err := range errs {
+		if !conclusive(err) {
+			out = append(out, err)
+		}
+	}
+	return out
 }

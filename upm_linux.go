@@ -34,9 +34,13 @@ func systemProbe() probe {
 }
 
 // readAdvice reads the madvise advice number of MADV_UPM_MERGE from path. The
-// number is the kernel's to choose, so it is never compiled in.
+// number is the kernel's to choose, so it is never compiled in. A missing
+// file is a conclusive "no UPM"; a file that cannot be read is not.
 func readAdvice(path string) (int, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, absent("%w", err)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -51,11 +55,18 @@ func readAdvice(path string) (int, error) {
 }
 
 // probeKSM asks the kernel whether it has KSM: the sysfs directory exists and
-// MADV_MERGEABLE is accepted on a private anonymous page.
+// madvise knows KSM's advice.
+//
+// It asks with MADV_UNMERGEABLE on a throwaway page that was never
+// mergeable, which a kernel with KSM accepts and does nothing for, and a
+// kernel without it refuses (EINVAL). MADV_MERGEABLE, even on a page
+// unmapped at once, would register the whole process with ksmd
+// (MMF_VM_MERGEABLE, an mm_slot ksmd visits on every pass) for the rest of
+// its life.
 func probeKSM(dir string) error {
 	if _, err := os.Stat(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("no %s: kernel built without CONFIG_KSM", dir)
+			return absent("no %s: kernel built without CONFIG_KSM", dir)
 		}
 		return err
 	}
@@ -64,8 +75,12 @@ func probeKSM(dir string) error {
 		return fmt.Errorf("map a probe page: %w", err)
 	}
 	defer unix.Munmap(page)
-	if err := unix.Madvise(page, unix.MADV_MERGEABLE); err != nil {
-		return fmt.Errorf("MADV_MERGEABLE: %w", err)
+	err = unix.Madvise(page, unix.MADV_UNMERGEABLE)
+	if errors.Is(err, unix.EINVAL) {
+		return absent("madvise refuses KSM's advice (%w): kernel built without CONFIG_KSM", err)
+	}
+	if err != nil {
+		return fmt.Errorf("MADV_UNMERGEABLE: %w", err)
 	}
 	return nil
 }

@@ -36,8 +36,8 @@ func (f *fakeProbe) probe() probe {
 }
 
 func TestDetect(t *testing.T) {
-	noUPM := errors.New("open /sys/kernel/mm/upm/advice: no such file or directory")
-	noKSM := errors.New("no /sys/kernel/mm/ksm: kernel built without CONFIG_KSM")
+	noUPM := absent("open /sys/kernel/mm/upm/advice: no such file or directory")
+	noKSM := absent("no /sys/kernel/mm/ksm: kernel built without CONFIG_KSM")
 
 	for _, tc := range []struct {
 		name        string
@@ -95,16 +95,6 @@ func TestDetectAsksOnlyWhatItNeeds(t *testing.T) {
 	f = fakeProbe{goos: "linux"}
 	detect("none", f.probe())
 	assert.Zero(t, f.upmCalls+f.ksmCalls, "probed although UPM_BACKEND=none")
-}
-
-func TestCurrentBackendIsCached(t *testing.T) {
-	b := CurrentBackend()
-	first := currentDetection()
-	assert.Equal(t, b, CurrentBackend())
-	assert.Equal(t, first, currentDetection())
-	if b == BackendNone {
-		assert.ErrorIs(t, BackendReason(), ErrUnsupported)
-	}
 }
 
 func TestBackendString(t *testing.T) {

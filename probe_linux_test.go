@@ -1,0 +1,96 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package upm
+
+import (
+	"bufio"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// TestOnlyConclusiveProbesAreKept: a probe that failed for EACCES is asked
+// again at the next call; a conclusive answer is kept.
+func TestOnlyConclusiveProbesAreKept(t *testing.T) {
+	f := fakeProbe{goos: "linux", upmErr: fmt.Errorf("open /sys/kernel/mm/upm/advice: %w", fs.ErrPermission), ksmErr: absent("no KSM")}
+	withProbe(t, f.probe)
+
+	assert.Equal(t, BackendNone, CurrentBackend())
+	err := BackendReason()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, fs.ErrPermission)
+	assert.NotErrorIs(t, err, ErrUnsupported, "an inconclusive probe reported as a conclusive no")
+
+	// The permission comes back: the next call finds UPM, and keeps it.
+	f.upmErr, f.advice = nil, 80
+	assert.Equal(t, BackendUPM, CurrentBackend())
+	calls := f.upmCalls
+	assert.Equal(t, BackendUPM, CurrentBackend())
+	assert.Equal(t, calls, f.upmCalls, "a conclusive answer probed again")
+
+	// An inconclusive UPM probe with KSM present uses KSM, and asks again.
+	g := fakeProbe{goos: "linux", upmErr: fmt.Errorf("read: %w", unix.ENOMEM)}
+	withProbe(t, g.probe)
+	assert.Equal(t, BackendKSM, CurrentBackend())
+	assert.Equal(t, BackendKSM, CurrentBackend())
+	assert.Equal(t, 2, g.upmCalls)
+}
+
+// helperProbeSideEffects runs CurrentBackend and Diagnose in a fresh process
+// and prints the ksm_mergeable line of /proc/self/ksm_stat: probing must not
+// register the process with ksmd.
+func helperProbeSideEffects() error {
+	CurrentBackend()
+	Diagnose()
+	f, err := os.Open(procKSMStat)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "ksm_mergeable") {
+			fmt.Println(sc.Text())
+			return nil
+		}
+	}
+	return fmt.Errorf("no ksm_mergeable line in %s", procKSMStat)
+}
+
+func TestProbeDoesNotRegisterWithKSMD(t *testing.T) {
+	if _, err := os.Stat(sysKSMDir); err != nil {
+		t.Skipf("needs KSM: %v", err)
+	}
+	out, err := helperCommand(t, "probe-side-effects", EnvBackend+"=auto").Output()
+	if strings.Contains(stderrOf(err), "no ksm_mergeable line") {
+		t.Skip("the kernel's ksm_stat has no ksm_mergeable line (Linux 6.8 and later print it)")
+	}
+	require.NoError(t, err, stderrOf(err))
+	assert.Equal(t, "ksm_mergeable: no", strings.TrimSpace(string(out)),
+		"CurrentBackend or Diagnose registered the process with ksmd")
+}
+
+func TestMarkMergeDomainWithoutUPM(t *testing.T) {
+	saved := upmAdvicePath
+	upmAdvicePath = filepath.Join(t.TempDir(), "no-upm-advice")
+	t.Cleanup(func() { upmAdvicePath = saved })
+	var st unix.Statfs_t
+	if err := unix.Statfs(sysCgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		t.Skipf("needs cgroup v2 at %s", sysCgroupRoot)
+	}
+	// The root cgroup: were the mark set, the whole machine would be one
+	// domain; without UPM nothing may be set at all.
+	err := MarkMergeDomain(sysCgroupRoot)
+	_, xerr := unix.Getxattr(sysCgroupRoot, MergeDomainXattr, nil)
+	assert.Error(t, xerr, "the mark was set")
+	require.ErrorIs(t, err, ErrUnsupported)
+	assert.Contains(t, err.Error(), "nothing would honour")
+}
