@@ -299,10 +299,10 @@ func TestConcurrencyLimit(t *testing.T) {
 	<-entered
 
 	// A second one waits, and gives up when its request ends.
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	rec := httptest.NewRecorder()
-	start := time.Now()
 	h.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, "POST", benchQuery, bytes.NewReader(body)))
 	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond, "waited for the request's deadline")
 	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
@@ -352,11 +352,11 @@ func TestStatsCached(t *testing.T) {
 		}
 		return *out.Age
 	}
-	assert.Less(t, get("/stats"), 20.0, "read for the first request")
-	time.Sleep(30 * time.Millisecond)
-	assert.GreaterOrEqual(t, get("/stats"), 30.0, "the same read, not another")
-	assert.Less(t, get("/stats?fresh=1"), 20.0, "read again")
-	assert.Less(t, get("/stats"), 20.0, "the fresh read")
+	assert.Less(t, get("/stats"), 50.0, "read for the first request")
+	time.Sleep(60 * time.Millisecond)
+	assert.GreaterOrEqual(t, get("/stats"), 60.0, "the same read, not another")
+	assert.Less(t, get("/stats?fresh=1"), 50.0, "read again")
+	assert.Less(t, get("/stats"), 50.0, "the fresh read")
 }
 
 func TestReadyRecord(t *testing.T) {
