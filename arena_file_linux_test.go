@@ -61,7 +61,10 @@ func TestAdviseFileSmallerThanAPage(t *testing.T) {
 	assert.Equal(t, pageSize, m.Region().Len())
 }
 
-func TestAdviseFileDropsPageCache(t *testing.T) {
+// TestAdviseFilePageCache: by default AdviseFile leaves the file's page
+// cache alone, which other readers of the file (and the next cold start)
+// use; DropPageCache drops it.
+func TestAdviseFilePageCache(t *testing.T) {
 	requireMerging(t)
 	dir := diskTempDir(t)
 	data := pattern(3, 16*pageSize)
@@ -69,7 +72,8 @@ func TestAdviseFileDropsPageCache(t *testing.T) {
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, data, got)
-	if residentPages(t, path) == 0 {
+	before := residentPages(t, path)
+	if before == 0 {
 		t.Skipf("the file system of %s keeps no page cache after a read", dir)
 	}
 
@@ -77,18 +81,39 @@ func TestAdviseFileDropsPageCache(t *testing.T) {
 	require.NoError(t, err)
 	defer m.Close()
 	assert.Equal(t, data, m.Bytes())
-	assert.Zero(t, residentPages(t, path), "page cache of %s not dropped", path)
+	assert.Equal(t, before, residentPages(t, path), "AdviseFile dropped the page cache of %s by default", path)
 
-	t.Run("KeepPageCache", func(t *testing.T) {
-		_, err := os.ReadFile(path)
-		require.NoError(t, err)
-		before := residentPages(t, path)
-		require.NotZero(t, before)
-		m, err := AdviseFile(path, KeepPageCache())
+	t.Run("DropPageCache", func(t *testing.T) {
+		m, err := AdviseFile(path, DropPageCache())
 		require.NoError(t, err)
 		defer m.Close()
-		assert.Equal(t, before, residentPages(t, path))
+		assert.Zero(t, residentPages(t, path), "page cache of %s not dropped", path)
 	})
+	t.Run("fadvise fails", func(t *testing.T) {
+		sysFadvise = func(int, int64, int64, int) error { return unix.ESPIPE }
+		t.Cleanup(func() { sysFadvise = unix.Fadvise })
+		m, err := AdviseFile(path, DropPageCache())
+		require.NoError(t, err, "a good copy failed for its page cache")
+		defer m.Close()
+		assert.Equal(t, data, m.Bytes())
+	})
+}
+
+// TestOpenRegularBlocks: O_NONBLOCK, there so that opening a FIFO does not
+// hang, is cleared once fstat says the file is regular.
+func TestOpenRegularBlocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, os.WriteFile(path, []byte("x"), 0o644))
+	f, _, err := openRegular(path)
+	require.NoError(t, err)
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	require.NoError(t, err)
+	var flags int
+	var ferr error
+	require.NoError(t, rc.Control(func(fd uintptr) { flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0) }))
+	require.NoError(t, ferr)
+	assert.Zero(t, flags&unix.O_NONBLOCK, "O_NONBLOCK still set for the read")
 }
 
 func TestAdviseFileErrors(t *testing.T) {

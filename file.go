@@ -12,14 +12,22 @@ import (
 type FileOption func(*fileOptions)
 
 type fileOptions struct {
-	keepPageCache bool
+	dropPageCache bool
 	maxSize       int64
 }
 
-// KeepPageCache makes AdviseFile leave the file's page cache alone, for files
-// that other processes map in place.
-func KeepPageCache() FileOption {
-	return func(o *fileOptions) { o.keepPageCache = true }
+// DropPageCache makes AdviseFile drop the file's page cache once the copy is
+// made (posix_fadvise POSIX_FADV_DONTNEED), so that the cached pages do not
+// double the memory the copy takes.
+//
+// The page cache is the system's, not the caller's: dropping it evicts the
+// file for every reader, and the next instance to start reads it from disk
+// again. Use it for a file that is read once by one process per machine, or
+// from a file system whose cache no other instance will use. Pages that
+// another process maps, or that are dirty, stay. A failure to drop the cache
+// does not fail AdviseFile.
+func DropPageCache() FileOption {
+	return func(o *fileOptions) { o.dropPageCache = true }
 }
 
 // MaxFileSize makes AdviseFile refuse files larger than n bytes, before it
@@ -40,20 +48,28 @@ type Mapping struct {
 }
 
 // AdviseFile reads the file at path into private anonymous memory, makes the
-// memory read-only and advises it as Advise does, then drops the file's page
-// cache (posix_fadvise POSIX_FADV_DONTNEED) so that, across instances, the one
-// merged copy is all that remains. Pages of the cache that another process
-// maps or that are dirty stay; KeepPageCache keeps all of them.
+// memory read-only and advises it as Advise does. It is for data that must
+// be merged across instances that do not share one page cache for the file,
+// or that is read once and decoded: with BackendUPM the copy is merged with
+// the copies of other instances before AdviseFile returns. Where all
+// instances read the same file from one page-cache file system and the
+// format is usable as it lies on disk, MapFile shares the page cache itself
+// with no copy at all.
+//
+// The file's page cache is left alone: the next instance that starts reads
+// the file from memory rather than disk, which serves a cold start best.
+// DropPageCache drops it for a file no one else will read.
 //
 // The memory is mapped without transparent huge pages, which would have to
-// be split before they could merge. With BackendUPM the file's pages are
-// merged with the copies of other instances before AdviseFile returns.
+// be split before they could merge.
 //
 // AdviseFile fails with an error wrapping ErrUnsupported where CurrentBackend
 // cannot merge pages (read the file with os.ReadFile there), with one wrapping
 // ErrTooSmall for an empty file, and with the os package's errors for a file
 // that cannot be opened (errors.Is(err, fs.ErrNotExist), fs.ErrPermission).
 // It reads only regular files, and fails if the file shrinks while it reads.
+// If the kernel fails to advise the copy, AdviseFile unmaps it and returns
+// the *AdviseError: the copy is private, so no other Region is affected.
 func AdviseFile(path string, opts ...FileOption) (*Mapping, error) {
 	var o fileOptions
 	for _, opt := range opts {
@@ -66,6 +82,13 @@ func AdviseFile(path string, opts ...FileOption) (*Mapping, error) {
 // without copying it. The pages are the file's page cache, shared with every
 // process that maps or reads the file; they are not advised, and Region
 // returns nil. MapFile works on any Linux kernel, whatever the backend.
+//
+// It is right when every instance reads the same file through one page
+// cache: one file system on one machine, including a container image layer
+// on overlayfs, whose files share the lower layer's page cache across
+// containers. It is not when each instance has its own copy of the file (a
+// file per deployment, a network file system with per-client caches), or
+// when the data must be decoded before use: AdviseFile is for those.
 //
 // The file may be removed or replaced while mapped. Truncating it makes
 // access past its new end fault with SIGBUS, as with any mmap.

@@ -18,8 +18,10 @@ import (
 // regular file.
 func openRegular(path string) (*os.File, int, error) {
 	// O_NONBLOCK, or the open of a named pipe would wait for a writer
-	// before Stat could refuse it; for regular files it changes nothing.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	// before Stat could refuse it; O_NOCTTY, or opening a terminal would
+	// make it ours. O_NONBLOCK is cleared once the file is known to be
+	// regular, so that the read is an ordinary one.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -36,8 +38,37 @@ func openRegular(path string) (*os.File, int, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s: %d bytes do not fit in memory", path, fi.Size())
 	}
+	if err := setBlocking(f); err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s: %w", path, err)
+	}
 	return f, int(fi.Size()), nil
 }
+
+// setBlocking clears O_NONBLOCK on f.
+func setBlocking(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	err = rc.Control(func(fd uintptr) {
+		var flags int
+		if flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0); ferr == nil {
+			_, ferr = unix.FcntlInt(fd, unix.F_SETFL, flags&^unix.O_NONBLOCK)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return fmt.Errorf("fcntl: %w", ferr)
+	}
+	return nil
+}
+
+// sysFadvise is unix.Fadvise; tests make it fail.
+var sysFadvise = unix.Fadvise
 
 // fileKind names the type of a file that is not regular.
 func fileKind(mode fs.FileMode) string {
@@ -88,25 +119,25 @@ func adviseFile(path string, o fileOptions, stack []uintptr) (*Mapping, error) {
 		}
 		return fail(err)
 	}
-	if err := sysAdvise(mem, d); err != nil {
-		unix.Munmap(mem)
-		return nil, err
-	}
 	if err := protect(mem, false); err != nil {
 		return fail(err)
 	}
-	if !o.keepPageCache {
-		// The copy is made; the cached pages would double the memory.
-		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-			return fail(fmt.Errorf("drop page cache: fadvise: %w", err))
+	// The copy is private to this Mapping, so no other Region can overlap
+	// it: a failed advise unmaps it whole.
+	region, err := adviseMem("advise file "+path+":", mem, kindFile, path, stack)
+	if err != nil {
+		if region != nil {
+			region.release()
 		}
+		unix.Munmap(mem)
+		return nil, err
 	}
-	return &Mapping{
-		mem:    mem,
-		size:   size,
-		path:   path,
-		region: newRegion(mem, d.backend, kindFile, path, stack, nil),
-	}, nil
+	if o.dropPageCache {
+		// The copy is made and good; a page cache that cannot be dropped
+		// costs memory, not correctness, so a failure is not the call's.
+		_ = sysFadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}
+	return &Mapping{mem: mem, size: size, path: path, region: region}, nil
 }
 
 func mapFile(path string) (*Mapping, error) {

@@ -241,8 +241,8 @@ func FuzzAdviseFile(f *testing.F) {
 		notFile := kind%fileKinds == fileDir || kind%fileKinds == fileFIFO
 
 		var opts []FileOption
-		if keep {
-			opts = append(opts, KeepPageCache())
+		if !keep {
+			opts = append(opts, DropPageCache())
 		}
 		if limit != 0 {
 			opts = append(opts, MaxFileSize(limit))
