@@ -62,7 +62,8 @@ type MergeDomain struct {
 	// unseen.
 	MarkKnown bool
 	// Processes is the number of processes in Cgroup and the cgroups below
-	// it, from their cgroup.procs files; -1 when they cannot be read.
+	// it, from their cgroup.procs files; -1 when they cannot be read. The
+	// count stops at 64, as what matters is whether the process is alone.
 	Processes int
 }
 

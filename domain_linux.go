@@ -102,13 +102,21 @@ func readMergeDomain(root, cgroupFile string) MergeDomain {
 	return d
 }
 
+// maxCountedProcesses bounds the count of processes in a domain: the point
+// is whether a process is alone, and a domain at the root of the hierarchy
+// would otherwise mean walking every cgroup of the machine.
+const maxCountedProcesses = 64
+
 // countProcesses counts the processes in the cgroup dir and below, from the
-// cgroup.procs files; -1 if one cannot be read.
+// cgroup.procs files, up to maxCountedProcesses; -1 if one cannot be read.
 func countProcesses(dir string) int {
 	n := 0
 	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if n >= maxCountedProcesses {
+			return fs.SkipAll
 		}
 		if e.IsDir() || e.Name() != "cgroup.procs" {
 			return nil
@@ -142,6 +150,9 @@ func domainFindings(d MergeDomain) []Finding {
 	procs := "cannot be counted"
 	if d.Processes >= 0 {
 		procs = fmt.Sprintf("holds %d processes", d.Processes)
+		if d.Processes == 1 {
+			procs = "holds this process alone"
+		}
 	}
 	out := []Finding{{Code: CodeMergeDomain, Fact: fmt.Sprintf("UPM merges this process's pages only within its merge domain: %s, which %s.", which, procs)}}
 	if d.Processes != 1 {
@@ -152,9 +163,9 @@ func domainFindings(d MergeDomain) []Finding {
 	case d.Marked:
 		out = append(out, Finding{Code: CodeMergeDomain, Fact: "This process is the first of its merge domain: processes that join it later merge with its pages."})
 	case d.MarkKnown:
-		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with: this process is alone in its merge domain; each instance has its own cgroup.", Remedy: remedy})
+		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with: each instance has its own cgroup, and this process is alone in its merge domain.", Remedy: remedy})
 	default:
-		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with, unless a cgroup above this one is marked: this process is alone in its cgroup; each instance has its own cgroup.", Remedy: remedy})
+		out = append(out, Finding{Code: CodeAloneInMergeDomain, Fact: "Nothing to merge with, unless a cgroup above this one is marked: each instance has its own cgroup, and this process is alone in its own.", Remedy: remedy})
 	}
 	return out
 }
