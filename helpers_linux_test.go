@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 
@@ -224,6 +225,44 @@ func writeSyncedFile(t *testing.T, dir, name string, data []byte) string {
 
 // isRoot reports whether the test runs with root's powers over files.
 func isRoot() bool { return os.Geteuid() == 0 }
+
+// droppedEnv marks a test binary that runPrivilegesDropped re-executed.
+const droppedEnv = "UPM_TEST_DROPPED"
+
+// runPrivilegesDropped runs the test named name again in a copy of the test
+// binary as user and group 65534 (nobody), for tests of what an unprivileged
+// process sees, and reports whether the caller is that copy, which should
+// then run the test's body. As root the caller should return once it gets
+// false: the copy ran the test and its result is the caller's. Not as root,
+// it runs the body itself.
+func runPrivilegesDropped(t *testing.T, name string) (runBody bool) {
+	t.Helper()
+	if os.Getenv(droppedEnv) != "" || !isRoot() {
+		return true
+	}
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	// The build directory is root's alone: copy the binary where nobody
+	// can execute it.
+	dir, err := os.MkdirTemp("", "upm-dropped-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	data, err := os.ReadFile(exe)
+	require.NoError(t, err)
+	copyPath := filepath.Join(dir, "upm.test")
+	require.NoError(t, os.WriteFile(copyPath, data, 0o755))
+
+	cmd := exec.Command(copyPath, "-test.run=^"+name+"$", "-test.v", "-test.count=1")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), droppedEnv+"=1", "HOME="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	t.Logf("as uid 65534:\n%s", out)
+	require.NoError(t, err, "%s failed as an unprivileged user", name)
+	require.Contains(t, string(out), "--- PASS: "+name, "%s did not run as an unprivileged user", name)
+	return false
+}
 
 // readLine reads one line from r, without its newline.
 func readLine(r *bufio.Reader) (string, error) {

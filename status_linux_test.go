@@ -172,3 +172,26 @@ func TestMergedStreams(t *testing.T) {
 	// 65536 pages: collecting their frame numbers took 512 KiB and more.
 	assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "Merged allocated per page")
 }
+
+// TestMergeDomainUnprivileged: without CAP_SYS_ADMIN the marks cannot be
+// read, and Diagnose says the domain is the process's own cgroup unless an
+// unseen parent is marked.
+func TestMergeDomainUnprivileged(t *testing.T) {
+	if !runPrivilegesDropped(t, "TestMergeDomainUnprivileged") {
+		return
+	}
+	if hasCapability(capSysAdmin) {
+		t.Skip("runs with CAP_SYS_ADMIN")
+	}
+	root := fakeCgroups(t, map[string]int{"": 0, "fn": 0, "fn/i0": 1})
+	self := filepath.Join(t.TempDir(), "cgroup")
+	require.NoError(t, os.WriteFile(self, []byte("0::/fn/i0\n"), 0o644))
+	d := readMergeDomain(root, self)
+	assert.False(t, d.MarkKnown)
+	assert.Equal(t, 1, d.Processes)
+	files := sysFiles{ksmDir: t.TempDir(), kpageflags: "/nonexistent", cgroupRoot: root, procCgroup: self}
+	diag := diagnose(detection{backend: BackendUPM, advice: 80}, files, nil)
+	assert.True(t, diag.Has(CodeAloneInMergeDomain), diag.String())
+	assert.True(t, diag.Has(CodeCountsApproximate), diag.String())
+	assert.Contains(t, diag.String(), "unless root marked a cgroup above it, which this process cannot see without CAP_SYS_ADMIN")
+}
