@@ -20,6 +20,7 @@ import (
 // TestOnlyConclusiveProbesAreKept: a probe that failed for EACCES is asked
 // again at the next call; a conclusive answer is kept.
 func TestOnlyConclusiveProbesAreKept(t *testing.T) {
+	t.Setenv(EnvBackend, "auto")
 	f := fakeProbe{goos: "linux", upmErr: fmt.Errorf("open /sys/kernel/mm/upm/advice: %w", fs.ErrPermission), ksmErr: absent("no KSM")}
 	withProbe(t, f.probe)
 
