@@ -68,7 +68,12 @@ type MergeDomain struct {
 }
 
 // Diagnose examines the kernel, its settings and this process, and says in
-// plain words whether advised memory will be merged and why not.
+// plain words whether advised memory will be merged and why not. Each
+// finding carries a stable code (the Code constants) for programs and
+// alerts. On a UPM kernel it reports the process's merge domain and whether
+// the process is alone in it. It needs no privilege; without CAP_SYS_ADMIN
+// it cannot see merge-domain marks, and says so. For one Region,
+// Region.Status gives the same answer as a value.
 func Diagnose() Diagnosis {
 	return diagnose(currentDetection(), systemFiles(), liveRegions())
 }

@@ -11,8 +11,10 @@ import (
 
 // Region is a page-aligned range of memory that was advised as shareable.
 //
-// A Region is safe for concurrent use. Regions of overlapping memory are not
-// nested: Unadvise on one takes the advice off the memory of both.
+// A Region is safe for concurrent use, and its methods are safe on a nil
+// *Region, as Advise returns where it fails. Status says whether its memory
+// is merged now, will be, or will not be. Regions of overlapping memory are
+// not nested: Unadvise on one takes the advice off the memory of both.
 type Region struct {
 	mu      sync.Mutex
 	mem     []byte // nil once unadvised or unmapped
@@ -139,19 +141,26 @@ func (r *Region) releaseLocked() {
 }
 
 // Merged reports how many bytes of the Region are currently backed by pages
-// merged with others (KSM pages). A KSM page stays one when its other
-// mappings go away (the other process wrote its copy, or exited), so the
-// count can include pages that are, for now, mapped only here.
+// merged with others, reading the kernel's page tables in bounded chunks (a
+// few KiB whatever the Region's size). Its precision depends on what the
+// process may read:
 //
-// ok reports whether the count is exact. It is exact when the process can
-// read page frame numbers (/proc/self/pagemap with CAP_SYS_ADMIN, and
-// /proc/kpageflags), and when the Region's memory is made of whole memory
-// mappings whose KSM line in /proc/self/smaps the kernel reports (Linux 6.4
-// and later): advising splits mappings at the Region's ends, unless a
-// neighbouring range was advised too and the kernel joined them. Otherwise
-// bytes counts only the mappings that lie inside the Region, a lower bound,
-// and ok is false. A Region that was unadvised gives an error wrapping
-// ErrClosed.
+//   - With CAP_SYS_ADMIN, on a kernel whose KPF_KSM marks KSM pages only,
+//     it counts KSM pages by their page flags (/proc/self/pagemap and
+//     /proc/kpageflags), and ok is true. A KSM page stays one when its
+//     other mappings go away, so the count can include pages that are, for
+//     now, mapped only here.
+//   - Otherwise it counts the present pages that /proc/self/pagemap shows
+//     as not mapped exclusively by this process (bit 56), which needs no
+//     privilege: merged pages that have another sharer now, which is what
+//     merging saves, but also pages still shared copy-on-write with a
+//     forked process. ok is false.
+//   - Where pagemap cannot be read, it sums the KSM lines of
+//     /proc/self/smaps (Linux 6.4 and later) of the mappings inside the
+//     Region: ok is true when the Region is made of whole mappings, and the
+//     count a lower bound otherwise.
+//
+// A Region that was unadvised gives an error wrapping ErrClosed.
 func (r *Region) Merged() (bytes int64, ok bool, err error) {
 	if r == nil {
 		return 0, false, &AdviseError{Op: "merged", Err: fmt.Errorf("nil Region: %w", ErrClosed)}
