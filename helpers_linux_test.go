@@ -38,11 +38,10 @@ func TestMain(m *testing.M) {
 
 // helpers are the programs a test runs in a child process, by name.
 var helpers = map[string]func() error{
-	"seal-write":         helperSealWrite,
-	"file-write":         helperFileWrite,
-	"backend-report":     helperBackendReport,
-	"upm-hold":           helperUPMHold,
-	"probe-side-effects": helperProbeSideEffects,
+	"seal-write":     helperSealWrite,
+	"file-write":     helperFileWrite,
+	"backend-report": helperBackendReport,
+	"upm-hold":       helperUPMHold,
 }
 
 func runHelper(name string) int {

@@ -4,12 +4,10 @@
 package upm
 
 import (
-	"bufio"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -45,38 +43,26 @@ func TestOnlyConclusiveProbesAreKept(t *testing.T) {
 	assert.Equal(t, 2, g.upmCalls)
 }
 
-// helperProbeSideEffects runs CurrentBackend and Diagnose in a fresh process
-// and prints the ksm_mergeable line of /proc/self/ksm_stat: probing must not
-// register the process with ksmd.
-func helperProbeSideEffects() error {
-	CurrentBackend()
-	Diagnose()
-	f, err := os.Open(procKSMStat)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "ksm_mergeable") {
-			fmt.Println(sc.Text())
-			return nil
-		}
-	}
-	return fmt.Errorf("no ksm_mergeable line in %s", procKSMStat)
-}
-
+// TestProbeDoesNotRegisterWithKSMD: MADV_MERGEABLE, even on a page unmapped
+// at once, sets MMF_VM_MERGEABLE on the mm and gives ksmd an mm_slot for the
+// rest of the process's life (/proc/self/ksm_stat's ksm_mergeable, which
+// looks at VMAs, does not show it). Probing and diagnosing must not.
 func TestProbeDoesNotRegisterWithKSMD(t *testing.T) {
 	if _, err := os.Stat(sysKSMDir); err != nil {
 		t.Skipf("needs KSM: %v", err)
 	}
-	out, err := helperCommand(t, "probe-side-effects", EnvBackend+"=auto").Output()
-	if strings.Contains(stderrOf(err), "no ksm_mergeable line") {
-		t.Skip("the kernel's ksm_stat has no ksm_mergeable line (Linux 6.8 and later print it)")
-	}
-	require.NoError(t, err, stderrOf(err))
-	assert.Equal(t, "ksm_mergeable: no", strings.TrimSpace(string(out)),
-		"CurrentBackend or Diagnose registered the process with ksmd")
+	var advices []int
+	withMadviseHook(t, func(_ []byte, advice int) error {
+		advices = append(advices, advice)
+		return nil
+	})
+	t.Setenv(EnvBackend, "auto")
+	withProbe(t, systemProbe)
+	CurrentBackend()
+	Diagnose()
+	require.NoError(t, probeKSM(sysKSMDir))
+	assert.NotContains(t, advices, unix.MADV_MERGEABLE, "a probe advised MADV_MERGEABLE")
+	assert.Contains(t, advices, unix.MADV_UNMERGEABLE)
 }
 
 func TestMarkMergeDomainWithoutUPM(t *testing.T) {

@@ -75,7 +75,7 @@ func probeKSM(dir string) error {
 		return fmt.Errorf("map a probe page: %w", err)
 	}
 	defer unix.Munmap(page)
-	err = unix.Madvise(page, unix.MADV_UNMERGEABLE)
+	err = madvise(page, unix.MADV_UNMERGEABLE)
 	if errors.Is(err, unix.EINVAL) {
 		return absent("madvise refuses KSM's advice (%w): kernel built without CONFIG_KSM", err)
 	}
