@@ -13,7 +13,7 @@ MODEL := $(BUILD)/model
 # QEMU's command line (TCG: KVM guests die on our machines) is vmtest's
 # defaultQEMU; set VMTEST_QEMU to override it.
 
-.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model guest-tests deps-vm clean
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model guest-tests guest-function deps-vm clean
 
 # The Go modules of the repository: the library, the examples, the density
 # benchmark and the VM rig.
@@ -76,26 +76,42 @@ vm: kernel guest-tests deps-vm
 
 model:
 	@scripts/install-deps.sh model
-	examples/imageclass/fetch-model.sh
+	UPM_MODEL_DIR=$(MODEL) examples/imageclass/fetch-model.sh
+
+## guest-function: the imageclass command, static, for the guest: every
+## instance the density benchmark starts runs it.
+FUNCTION := $(BUILD)/guest/imageclass
+guest-function:
+	cd examples && CGO_ENABLED=0 $(GO) build -o $(FUNCTION) ./imageclass
+
+# The density benchmark in the guest; $(1) is the results directory, $(2)
+# the instance counts and $(3) the rounds, unless UPM_BENCH_N and
+# UPM_BENCH_COUNT say otherwise. Every UPM_BENCH_* variable reaches the
+# guest (see bench/RESULTS.md). benchstat then summarises the rounds.
+define run-bench
+	@mkdir -p $(1)
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(1) \
+		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_FUNCTION=$(FUNCTION) \
+		UPM_BENCH_N=$${UPM_BENCH_N:-$(2)} UPM_BENCH_COUNT=$${UPM_BENCH_COUNT:-$(3)} \
+		$(GO) test -v -count=1 -timeout 240m -run 'TestBench$$' ./...
+	cd bench && $(GO) tool benchstat -row /n -col /config $(1)/bench.txt >$(1)/benchstat.txt
+	@cat $(1)/results.md
+	@echo "benchstat of the rounds: $(1)/benchstat.txt"
+endef
 
 ## demo: the main job: build the kernel if needed, boot the guest, start 16
 ## instances of the image-recognition function under each configuration (no
-## dedup, stock KSM at defaults and tuned, UPM), print the table and write
-## the plots to build/results/demo.
-demo: kernel model
-	@mkdir -p $(BUILD)/results/demo
-	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/demo \
-		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_N=$${UPM_BENCH_N:-16} \
-		$(GO) test -v -count=1 -timeout 90m -run 'TestBench$$' ./...
-	@cat $(BUILD)/results/demo/results.md 2>/dev/null || true
+## dedup, stock KSM at defaults and tuned, UPM; weights in an arena and on
+## the Go heap), print the tables and write the plots to build/results/demo.
+demo: kernel model guest-function deps-vm
+	$(call run-bench,$(BUILD)/results/demo,16,1)
 
-## bench: the full sweep (1, 2, 4, 8, 16 instances) into build/results/bench.
-bench: kernel model
-	@mkdir -p $(BUILD)/results/bench
-	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/bench \
-		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_N=$${UPM_BENCH_N:-1,2,4,8,16} \
-		$(GO) test -v -count=1 -timeout 180m -run 'TestBench$$' ./...
-	@cat $(BUILD)/results/bench/results.md 2>/dev/null || true
+## bench: the sweep (1, 2, 4, 8, 16 instances, three rounds) into
+## build/results/bench.
+bench: kernel model guest-function deps-vm
+	$(call run-bench,$(BUILD)/results/bench,1$(comma)2$(comma)4$(comma)8$(comma)16,3)
+
+comma := ,
 
 clean:
 	rm -rf $(BUILD)

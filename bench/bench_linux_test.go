@@ -6,12 +6,12 @@ package bench
 import (
 	"flag"
 	"fmt"
-	"hash/maphash"
-	"math"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/upm-project/upm/examples/imageclass/classifier"
 )
@@ -20,17 +20,17 @@ import (
 var report *Report
 
 func TestMain(m *testing.M) {
-	if name := os.Getenv(InstanceEnv); name != "" {
-		os.Exit(RunInstance(name, os.Getenv("UPM_MODEL_DIR"), os.Stdin, os.Stdout))
-	}
 	// The harness itself advises nothing; each instance gets its own
 	// UPM_BACKEND.
 	os.Setenv("UPM_BACKEND", "none")
-	// In the guest the rig cannot pass -test.timeout (or -test.benchtime);
-	// it passes them through the environment.
+	// In the guest the rig cannot pass -test.timeout, -test.count or
+	// -test.benchtime; they come through the environment.
 	flag.Parse()
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
+	}
+	if v := os.Getenv("UPM_BENCH_COUNT"); v != "" {
+		_ = flag.Set("test.count", v)
 	}
 	if flag.Lookup("test.benchtime").Value.String() == "1s" {
 		_ = flag.Set("test.benchtime", "1x")
@@ -47,7 +47,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// options returns the run's options, skipping b when the models are missing.
+// options returns the run's options, skipping tb when the models or the
+// imageclass command are missing.
 func options(tb testing.TB) Options {
 	tb.Helper()
 	wd, err := os.Getwd()
@@ -67,22 +68,27 @@ func options(tb testing.TB) Options {
 	return o
 }
 
-// measured holds each sub-benchmark's result, so that it measures once even
-// if the testing package calls it again with a larger b.N.
+// rounds counts the calls of BenchmarkDensity: -count N calls it N times,
+// and each call is one round of every configuration.
+var rounds int
+
+// measured holds each round's results, so that a sub-benchmark measures once
+// even if the testing package calls it again with a larger b.N.
 var measured = map[string]*Result{}
 
 // BenchmarkDensity starts N instances of the imageclass function under each
 // configuration and reports their memory and the cost of deduplicating it.
 // Each sub-benchmark measures once; its b.N loop does nothing (run it with
-// -benchtime 1x).
+// -benchtime 1x, and -count for rounds). Within a round, every N runs each
+// configuration, in an order that rotates from round to round, so that no
+// configuration always runs first or on a machine its predecessor warmed.
 func BenchmarkDensity(b *testing.B) {
 	o := options(b)
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
+	if o.Function == "" {
+		b.Skip("no imageclass command: go build ./examples/imageclass and set UPM_BENCH_FUNCTION (make demo does)")
 	}
 	warmPageCache(b, o.ModelDir)
-	h, err := NewHarness(o, exe)
+	h, err := NewHarness(o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -91,13 +97,14 @@ func BenchmarkDensity(b *testing.B) {
 			b.Errorf("restoring the system: %v", err)
 		}
 	}()
-	configs := HostConfigs
-	if o.InGuest {
-		configs = GuestConfigs
-	}
-	for _, cfg := range configs {
-		for _, n := range o.N {
-			b.Run(fmt.Sprintf("%s/n=%d", cfg.Name, n), func(b *testing.B) {
+	rounds++
+	round := rounds
+	configs := h.Configs()
+	report.Configs = configs
+	for _, n := range o.N {
+		for i := range configs {
+			cfg := configs[(i+round-1)%len(configs)]
+			b.Run(fmt.Sprintf("config=%s/n=%d", cfg.Name, n), func(b *testing.B) {
 				if reason := h.SkipReason(cfg); reason != "" {
 					note := cfg.Name + ": " + reason
 					if len(report.Skipped) == 0 || report.Skipped[len(report.Skipped)-1] != note {
@@ -105,46 +112,24 @@ func BenchmarkDensity(b *testing.B) {
 					}
 					b.Skip(reason)
 				}
-				r, ok := measured[b.Name()]
+				key := fmt.Sprintf("%s#%d", b.Name(), round)
+				r, ok := measured[key]
 				if !ok {
-					r, err = h.Measure(cfg, n)
+					r, err = h.Measure(cfg, n, round)
 					if err != nil {
 						b.Fatal(err)
 					}
-					measured[b.Name()] = r
+					measured[key] = r
 					report.Results = append(report.Results, r)
 				}
 				for range b.N {
 					// One measurement whatever b.N: see above.
 				}
-				reportMetrics(b, report.Figures(r), o.InGuest)
+				for _, m := range report.Figures(r).metrics() {
+					b.ReportMetric(m.v, m.unit)
+				}
 			})
 		}
-	}
-}
-
-func reportMetrics(b *testing.B, f Figures, inGuest bool) {
-	b.ReportMetric(f.PSSMiB, "MiB/total")
-	b.ReportMetric(f.UsedMiB, "MiB/used")
-	if inGuest {
-		b.ReportMetric(f.CgroupMiB, "MiB/cgroups")
-	}
-	if !math.IsNaN(f.SavedPct) {
-		b.ReportMetric(f.SavedPct, "%saved")
-	}
-	b.ReportMetric(f.MarginalMiB, "MiB/instance")
-	b.ReportMetric(f.Density, "density")
-	if !math.IsNaN(f.DedupS) {
-		b.ReportMetric(f.DedupS, "s/dedup")
-	}
-	if f.Capped {
-		b.ReportMetric(f.WaitS, "s/cap")
-	}
-	b.ReportMetric(f.KSMDCPUS, "s/ksmd-cpu")
-	b.ReportMetric(f.AdviseSysS, "s/advise-cpu")
-	b.ReportMetric(f.AdviseMs, "ms/advise")
-	if f.MergeMBps > 0 {
-		b.ReportMetric(f.MergeMBps, "advise-MB/s")
 	}
 }
 
@@ -162,9 +147,10 @@ func warmPageCache(tb testing.TB, dir string) {
 	}
 }
 
-// BenchmarkHash hashes the model's decoded weights in user space, the
-// practical limit of any merge that must read every byte: next to UPM's
-// advise-MB/s in BenchmarkDensity.
+// BenchmarkHash hashes the model's decoded weights in user space with
+// xxhash64, one hash a 4 KiB page as a page merger computes them: the
+// practical limit of any merge that must read every byte once, next to
+// UPM's advise throughput in BenchmarkDensity.
 func BenchmarkHash(b *testing.B) {
 	o := options(b)
 	m, err := classifier.Load(o.ModelDir, nil)
@@ -173,36 +159,21 @@ func BenchmarkHash(b *testing.B) {
 	}
 	defer m.Close()
 	// The decoded weights are the arena's bytes: hash what UPM merges.
-	arena := m.WeightBytes()
-	if len(arena) == 0 {
+	weights := m.WeightBytes()
+	if len(weights) == 0 {
 		b.Skip("the weights are not in an arena here")
 	}
-	report.ModelSize = int64(len(arena))
-	seed := maphash.MakeSeed()
-	for _, bc := range []struct {
-		name string
-		hash func([]byte) uint64
-	}{
-		{"maphash", func(p []byte) uint64 { return maphash.Bytes(seed, p) }},
-		{"maphash-pages", func(p []byte) uint64 {
-			// One hash a 4 KiB page, as a page merger computes.
-			var x uint64
-			for off := 0; off < len(p); off += 4096 {
-				x ^= maphash.Bytes(seed, p[off:min(off+4096, len(p))])
-			}
-			return x
-		}},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			b.SetBytes(int64(len(arena)))
-			var sink uint64
-			start := time.Now()
-			for range b.N {
-				sink ^= bc.hash(arena)
-			}
-			elapsed := time.Since(start)
-			_ = sink
-			report.HashMBps[bc.name] = float64(b.N) * float64(len(arena)) / 1e6 / elapsed.Seconds()
-		})
+	report.ModelSize = int64(len(weights))
+	const page = 4096
+	b.SetBytes(int64(len(weights)))
+	var sink uint64
+	start := time.Now()
+	for range b.N {
+		for off := 0; off < len(weights); off += page {
+			sink ^= xxhash.Sum64(weights[off:min(off+page, len(weights))])
+		}
 	}
+	elapsed := time.Since(start)
+	_ = sink
+	report.HashMBps["xxhash64 per 4 KiB page"] = float64(b.N) * float64(len(weights)) / 1e6 / elapsed.Seconds()
 }

@@ -4,17 +4,13 @@
 package bench
 
 import (
-	"bufio"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,136 +23,37 @@ import (
 // Config is one way of deduplicating the instances' memory.
 type Config struct {
 	Name string
-	// Backend is UPM_BACKEND in the instances.
-	Backend string
+	// Backend is UPM_BACKEND in the instances, and Weights where they
+	// decode their weights: "arena" (a sealed upm.Arena) or "heap" (the Go
+	// heap, advised with upm.AdviseSlice).
+	Backend, Weights string
 	// KSM is what the bench sets KSM's knobs to; nil leaves them alone.
 	KSM *ksmSettings
 	// NeedsUPM skips the configuration on kernels without UPM.
 	NeedsUPM bool
 	// WaitKSM makes the measurement wait for ksmd to merge.
 	WaitKSM bool
+	// Baseline is the configuration without merging that this one's
+	// saving is measured against: the same instances, the same placement
+	// of their weights.
+	Baseline string
 }
 
-// GuestConfigs are the configurations compared in the test guest, in the
-// order they run: "none" first, as the others' savings are relative to it.
+// GuestConfigs are the configurations compared in the test guest.
 var GuestConfigs = []Config{
-	{Name: "none", Backend: "none", KSM: &ksmSettings{Run: 0}},
-	{Name: "ksm-default", Backend: "ksm", KSM: &ksmSettings{Run: 1, PagesToScan: 100, SleepMillisecs: 20}, WaitKSM: true},
-	{Name: "ksm-aggressive", Backend: "ksm", KSM: &ksmSettings{Run: 1, PagesToScan: 20000, SleepMillisecs: 0}, WaitKSM: true},
-	{Name: "upm", Backend: "upm", KSM: &ksmSettings{Run: 0}, NeedsUPM: true},
+	{Name: "none", Backend: "none", Weights: "arena", KSM: &ksmSettings{Run: 0}, Baseline: "none"},
+	{Name: "ksm-default", Backend: "ksm", Weights: "arena", KSM: &ksmSettings{Run: 1, PagesToScan: 100, SleepMillisecs: 20}, WaitKSM: true, Baseline: "none"},
+	{Name: "ksm-aggressive", Backend: "ksm", Weights: "arena", KSM: &ksmSettings{Run: 1, PagesToScan: 20000, SleepMillisecs: 0}, WaitKSM: true, Baseline: "none"},
+	{Name: "upm", Backend: "upm", Weights: "arena", KSM: &ksmSettings{Run: 0}, NeedsUPM: true, Baseline: "none"},
+	{Name: "none-heap", Backend: "none", Weights: "heap", KSM: &ksmSettings{Run: 0}, Baseline: "none-heap"},
+	{Name: "upm-heap", Backend: "upm", Weights: "heap", KSM: &ksmSettings{Run: 0}, NeedsUPM: true, Baseline: "none-heap"},
 }
 
 // HostConfigs are those compared on any other host, where the bench changes
 // no setting: KSM runs as it is configured, or not at all.
 var HostConfigs = []Config{
-	{Name: "none", Backend: "none"},
-	{Name: "ksm-current", Backend: "ksm", WaitKSM: true},
-}
-
-// Options tune a run; OptionsFromEnv reads them from the environment.
-type Options struct {
-	// InGuest is set in the test guest (VMTEST_IN_GUEST=1): the bench may
-	// change KSM's settings and make cgroups and namespaces.
-	InGuest bool
-	// ModelDir holds the imageclass models (UPM_MODEL_DIR).
-	ModelDir string
-	// ResultsDir receives results.md, results.csv and the plots
-	// (UPM_RESULTS_DIR).
-	ResultsDir string
-	// N are the instance counts (UPM_BENCH_N, "1,2,4,8,16").
-	N []int
-	// KSMWait caps the wait for ksmd to merge (UPM_BENCH_KSM_WAIT).
-	KSMWait time.Duration
-	// Settle is how long every configuration is watched after the last
-	// instance is ready, at least (UPM_BENCH_SETTLE).
-	Settle time.Duration
-	// Sample is the sampling period (UPM_BENCH_SAMPLE).
-	Sample time.Duration
-	// ReadyTimeout bounds the wait for the instances to be ready
-	// (UPM_BENCH_READY_TIMEOUT).
-	ReadyTimeout time.Duration
-	// Budget is the memory the density factor fills with instances
-	// (UPM_BENCH_BUDGET_MIB, in MiB).
-	Budget int64
-}
-
-// OptionsFromEnv returns the options of the environment; pkgDir is the
-// bench package's directory, from which the model directory defaults to
-// ../build/model.
-func OptionsFromEnv(pkgDir string) (Options, error) {
-	o := Options{
-		InGuest:      os.Getenv("VMTEST_IN_GUEST") != "",
-		ModelDir:     os.Getenv("UPM_MODEL_DIR"),
-		ResultsDir:   os.Getenv("UPM_RESULTS_DIR"),
-		N:            []int{1, 2, 4, 8, 16},
-		KSMWait:      120 * time.Second,
-		Settle:       2 * time.Second,
-		Sample:       250 * time.Millisecond,
-		ReadyTimeout: 10 * time.Minute,
-		Budget:       1 << 30,
-	}
-	if !o.InGuest {
-		// Keep runs on a shared host short.
-		o.N = []int{1, 4}
-		o.KSMWait = 5 * time.Second
-	}
-	if o.ModelDir == "" {
-		o.ModelDir = filepath.Join(pkgDir, "..", "build", "model")
-	}
-	if o.ResultsDir == "" {
-		o.ResultsDir = filepath.Join(pkgDir, "..", "build", "bench-results")
-	}
-	var errs []error
-	if v := os.Getenv("UPM_BENCH_N"); v != "" {
-		n, err := parseCounts(v)
-		errs = append(errs, err)
-		o.N = n
-	}
-	for _, d := range []struct {
-		env string
-		to  *time.Duration
-	}{
-		{"UPM_BENCH_KSM_WAIT", &o.KSMWait},
-		{"UPM_BENCH_SETTLE", &o.Settle},
-		{"UPM_BENCH_SAMPLE", &o.Sample},
-		{"UPM_BENCH_READY_TIMEOUT", &o.ReadyTimeout},
-	} {
-		if v := os.Getenv(d.env); v != "" {
-			t, err := time.ParseDuration(v)
-			if err == nil && t < 0 {
-				err = errors.New("negative")
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", d.env, v, err))
-			}
-			*d.to = t
-		}
-	}
-	if o.Sample <= 0 {
-		errs = append(errs, errors.New("UPM_BENCH_SAMPLE must be positive"))
-	}
-	if v := os.Getenv("UPM_BENCH_BUDGET_MIB"); v != "" {
-		mib, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || mib <= 0 {
-			errs = append(errs, fmt.Errorf("UPM_BENCH_BUDGET_MIB=%q: want a positive number of MiB", v))
-		}
-		o.Budget = mib << 20
-	}
-	return o, errors.Join(errs...)
-}
-
-// parseCounts parses "1,2,4" into sorted, distinct positive counts.
-func parseCounts(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("UPM_BENCH_N=%q: %q is not a positive count", s, f)
-		}
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	{Name: "none", Backend: "none", Weights: "arena", Baseline: "none"},
+	{Name: "ksm-current", Backend: "ksm", Weights: "arena", WaitKSM: true, Baseline: "none"},
 }
 
 // Sample is the state of the instances at one moment.
@@ -171,17 +68,36 @@ type Sample struct {
 	PagesSharing int64
 }
 
-// Result is one measurement: a configuration with N instances.
+// InstanceResult is what one instance did and held.
+type InstanceResult struct {
+	Name string
+	// Start and Ready are when the harness started the instance and
+	// received its ready line, and Merged when its ksm_merging_pages
+	// first reached 95% of its final value (-1: nothing merged); all from
+	// the first instance's start.
+	Start, Ready, Merged time.Duration
+	// MergingPages is its final ksm_merging_pages, and PSS and CgroupMem
+	// its memory at the end.
+	MergingPages   int64
+	PSS, CgroupMem int64
+	// Load is what the instance reported of its start.
+	Load Ready
+	// Request is the wall time of the request sent once measured.
+	Request time.Duration
+}
+
+// Result is one measurement: a configuration with N instances, in one round
+// of the run (-count).
 type Result struct {
 	Config string
 	N      int
-	// Started is when the first instance was started, and Ready when the
-	// last was ready, as offsets from the first start.
+	Round  int
+	// Ready is when the last instance was ready, from the first start.
 	Ready time.Duration
-	// Samples, every Options.Sample from the first start.
+	// Samples, every Options.Sample from the first start; Final is the
+	// last, taken before the requests.
 	Samples []Sample
-	// Final is the last sample.
-	Final Sample
+	Final   Sample
 	// UsedBefore is the machine's used memory before the instances.
 	UsedBefore int64
 	// DedupTime is the time from Ready to the first sample within 5% of
@@ -192,61 +108,42 @@ type Result struct {
 	DedupOK     bool
 	DedupCapped bool
 	Waited      time.Duration
-	// KSMDCPU is the CPU time ksmd used from the first start to the end,
-	// and AdviseSys the instances' system CPU time in their advise calls.
-	KSMDCPU   time.Duration
-	AdviseSys time.Duration
-	// AdviseTimes are the instances' advise wall times, and Advised the
-	// bytes each advised.
-	AdviseTimes []time.Duration
-	Advised     int64
-	// Instances are the instances' ready records, and InstancePSS and
-	// InstanceCgroupMem their PSS and memory.current at the end.
-	Instances         []Ready
-	InstancePSS       []int64
-	InstanceCgroupMem []int64
+	// KSMDCPU is the CPU time ksmd used from the first start until
+	// merging converged, and KSMDSteady its CPU seconds per second in the
+	// Steady window after that (0 where ksmd does not run).
+	KSMDCPU    time.Duration
+	KSMDSteady float64
+	// Instances are the instances, in start order.
+	Instances []InstanceResult
 	// Isolation says how instances were placed (cgroups, namespaces).
 	Isolation string
-}
-
-// instance is a running instance process.
-type instance struct {
-	name   string
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	ready  chan Ready
-	cgroup string
 }
 
 // Harness starts and measures instances.
 type Harness struct {
 	Opts Options
-	// Exe is the program that runs as an instance with InstanceEnv set:
-	// the test binary.
-	Exe string
 
 	fs        procfs.FS
 	cg        *cgroups
 	nsFlags   uintptr
 	isolation []string
 	savedKSM  map[string]string
-	tmp       string
-	face      string
+	request   *request
+	progress  *progress
 }
 
 // NewHarness prepares the system for measurements: in the guest it saves
 // KSM's settings and makes the cgroups.
-func NewHarness(o Options, exe string) (*Harness, error) {
+func NewHarness(o Options) (*Harness, error) {
+	if o.Function == "" {
+		return nil, errors.New("no imageclass command: build it (go build ./examples/imageclass) and put it on $PATH or set UPM_BENCH_FUNCTION")
+	}
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return nil, err
 	}
-	h := &Harness{Opts: o, Exe: exe, fs: fs}
-	if h.tmp, err = os.MkdirTemp("", "upmbench-"); err != nil {
-		return nil, err
-	}
-	if h.face, err = writeSampleFace(o.ModelDir, h.tmp); err != nil {
-		os.RemoveAll(h.tmp)
+	h := &Harness{Opts: o, fs: fs, progress: newProgress(os.Stdout)}
+	if h.request, err = classifyRequest(o.Classify, o.ModelDir); err != nil {
 		return nil, err
 	}
 	if !o.InGuest {
@@ -258,7 +155,7 @@ func NewHarness(o Options, exe string) (*Harness, error) {
 	if err != nil {
 		h.isolation = append(h.isolation, "no cgroups: "+err.Error())
 	} else {
-		h.isolation = append(h.isolation, "cgroup v2 memory group each")
+		h.isolation = append(h.isolation, "cgroup v2 memory group each, one merge domain")
 	}
 	h.nsFlags = unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWPID
 	return h, nil
@@ -266,7 +163,7 @@ func NewHarness(o Options, exe string) (*Harness, error) {
 
 // Close restores KSM's settings and removes the cgroups.
 func (h *Harness) Close() error {
-	errs := []error{os.RemoveAll(h.tmp)}
+	var errs []error
 	if h.savedKSM != nil {
 		errs = append(errs, restoreKSM(h.savedKSM))
 	}
@@ -274,6 +171,24 @@ func (h *Harness) Close() error {
 		errs = append(errs, h.cg.close())
 	}
 	return errors.Join(errs...)
+}
+
+// Configs returns the configurations this run compares, in their order.
+func (h *Harness) Configs() []Config {
+	configs := HostConfigs
+	if h.Opts.InGuest {
+		configs = GuestConfigs
+	}
+	if len(h.Opts.Configs) == 0 {
+		return configs
+	}
+	var out []Config
+	for _, c := range configs {
+		if slices.Contains(h.Opts.Configs, c.Name) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Isolation describes how instances are placed.
@@ -295,10 +210,19 @@ func (h *Harness) SkipReason(cfg Config) string {
 	return ""
 }
 
-// Measure runs n instances under cfg and measures them.
-func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
+// mergeTrace is one instance's ksm_merging_pages over time.
+type mergeTrace struct {
+	t     []time.Duration
+	pages []int64
+}
+
+// Measure runs n instances under cfg and measures them; round numbers the
+// repetition, for the report.
+func (h *Harness) Measure(cfg Config, n, round int) (*Result, error) {
 	o := h.Opts
+	label := fmt.Sprintf("round %d %s n=%d", round, cfg.Name, n)
 	if cfg.KSM != nil {
+		h.progress.say(label, "unmerging what the previous configuration merged (run=2)")
 		if err := unmergeKSM(time.Minute); err != nil {
 			return nil, err
 		}
@@ -306,7 +230,7 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 			return nil, err
 		}
 	}
-	res := &Result{Config: cfg.Name, N: n}
+	res := &Result{Config: cfg.Name, N: n, Round: round}
 	var err error
 	if res.UsedBefore, err = usedMemory(h.fs); err != nil {
 		return nil, err
@@ -315,28 +239,31 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 	start := time.Now()
 
 	var insts []*instance
-	defer func() {
-		h.stopAll(insts)
-	}()
+	defer func() { h.stopAll(insts) }()
+	h.progress.say(label, "starting %d instances", n)
 	for i := range n {
 		inst, err := h.start(cfg, fmt.Sprintf("inst-%d", i+1))
+		if inst != nil {
+			insts = append(insts, inst)
+		}
 		if err != nil {
 			return nil, err
 		}
-		insts = append(insts, inst)
 	}
 
-	// Sample from the first start until the end.
+	// Sample memory every o.Sample and the instances' merged pages five
+	// times as often, from the first start until the end.
 	var (
 		mu      sync.Mutex
 		samples []Sample
+		traces  = make([]mergeTrace, n)
 		stop    = make(chan struct{})
 		stopped = make(chan struct{})
 	)
 	sample := func() Sample {
 		s := Sample{T: time.Since(start)}
 		for _, inst := range insts {
-			if p, err := pss(h.fs, inst.cmd.Process.Pid); err == nil {
+			if p, err := pss(h.fs, inst.pid()); err == nil {
 				s.PSS += p
 			}
 			if inst.cgroup != "" {
@@ -349,19 +276,46 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 		s.PagesSharing = readKSMCounters().PagesSharing
 		return s
 	}
+	traceMerged := func() {
+		t := time.Since(start)
+		mu.Lock()
+		defer mu.Unlock()
+		for i, inst := range insts {
+			if p, err := mergingPages(inst.pid()); err == nil {
+				traces[i].t = append(traces[i].t, t)
+				traces[i].pages = append(traces[i].pages, p)
+			}
+		}
+	}
+	mergedMiB := func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		var pages int64
+		for _, tr := range traces {
+			if len(tr.pages) > 0 {
+				pages += tr.pages[len(tr.pages)-1]
+			}
+		}
+		return float64(pages) * float64(os.Getpagesize()) / mib
+	}
 	go func() {
 		defer close(stopped)
-		t := time.NewTicker(o.Sample)
-		defer t.Stop()
+		fast := time.NewTicker(max(o.Sample/5, 10*time.Millisecond))
+		defer fast.Stop()
+		next := time.Now()
 		for {
-			s := sample()
-			mu.Lock()
-			samples = append(samples, s)
-			mu.Unlock()
+			traceMerged()
+			if !time.Now().Before(next) {
+				s := sample()
+				mu.Lock()
+				samples = append(samples, s)
+				mu.Unlock()
+				next = next.Add(o.Sample)
+			}
 			select {
 			case <-stop:
 				return
-			case <-t.C:
+			case <-fast.C:
 			}
 		}
 	}()
@@ -376,16 +330,27 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 	defer stopSampling()
 
 	// Wait for every instance to be ready.
-	deadline := time.After(o.ReadyTimeout)
-	for _, inst := range insts {
+	deadline := time.NewTimer(o.ReadyTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	ready := make([]Ready, n)
+	for i := 0; i < n; {
 		select {
-		case r, ok := <-inst.ready:
-			if !ok || !r.Ready {
-				return nil, fmt.Errorf("%s: %s", inst.name, instanceFailure(inst, r))
+		case r, ok := <-insts[i].ready:
+			if !ok {
+				return nil, fmt.Errorf("%s: %s", insts[i].name, insts[i].failure())
 			}
-			res.Instances = append(res.Instances, r)
-		case <-deadline:
-			return nil, fmt.Errorf("%s not ready after %v", inst.name, o.ReadyTimeout)
+			insts[i].readyAt = time.Now()
+			ready[i] = r
+			i++
+			if i == n {
+				h.progress.say(label, "%d/%d ready after %.1f s; %.1f MiB merged", i, n, time.Since(start).Seconds(), mergedMiB())
+			}
+		case <-tick.C:
+			h.progress.say(label, "%d/%d ready, %.1f MiB merged so far", i, n, mergedMiB())
+		case <-deadline.C:
+			return nil, fmt.Errorf("%s not ready after %v", insts[i].name, o.ReadyTimeout)
 		}
 	}
 	res.Ready = time.Since(start)
@@ -396,6 +361,10 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 	c0 := readKSMCounters()
 	lastScan, lastSharing := c0.FullScans, c0.PagesSharing
 	var scans int
+	if cfg.WaitKSM {
+		h.progress.say(label, "waiting for ksmd: two full scans with pages_sharing steady, at most %v", o.KSMWait)
+	}
+	lastSay := time.Now()
 	for {
 		waited := time.Since(readyAt)
 		if waited >= o.Settle {
@@ -419,38 +388,102 @@ func (h *Harness) Measure(cfg Config, n int) (*Result, error) {
 				}
 			}
 		}
+		if time.Since(lastSay) >= 5*time.Second {
+			lastSay = time.Now()
+			h.progress.say(label, "%.0f s after ready: %.1f MiB merged, %d full scans", waited.Seconds(), mergedMiB(), scans)
+		}
 		time.Sleep(min(o.Sample, 100*time.Millisecond))
 	}
 	res.Waited = time.Since(readyAt)
-	stopSampling()
-	for _, inst := range insts {
-		p, _ := pss(h.fs, inst.cmd.Process.Pid)
-		var m int64
-		if inst.cgroup != "" {
-			m, _ = memoryCurrent(inst.cgroup)
-		}
-		res.InstancePSS = append(res.InstancePSS, p)
-		res.InstanceCgroupMem = append(res.InstanceCgroupMem, m)
-	}
-	final := sample()
-	samples = append(samples, final)
-	res.Samples = samples
-	res.Final = final
 	res.KSMDCPU = ksmdCPU(h.fs) - cpu0
-	for _, r := range res.Instances {
-		res.AdviseSys += r.AdviseSysTime
-		res.AdviseTimes = append(res.AdviseTimes, r.AdviseTime)
-		res.Advised = r.AdvisedBytes
+
+	// What ksmd costs once there is nothing left to merge, for as long
+	// as it runs: production pays this, not the figure above.
+	if cfg.KSM != nil && cfg.KSM.Run == 1 && o.Steady > 0 {
+		h.progress.say(label, "converged; measuring ksmd's steady CPU for %v", o.Steady)
+		c1, t1 := ksmdCPU(h.fs), time.Now()
+		time.Sleep(o.Steady)
+		res.KSMDSteady = (ksmdCPU(h.fs) - c1).Seconds() / time.Since(t1).Seconds()
+	}
+	stopSampling()
+
+	final := sample()
+	res.Final = final
+	res.Samples = append(samples, final)
+	for i, inst := range insts {
+		ir := InstanceResult{
+			Name:   inst.name,
+			Start:  inst.started.Sub(start),
+			Ready:  inst.readyAt.Sub(start),
+			Merged: -1,
+			Load:   ready[i],
+		}
+		ir.PSS, _ = pss(h.fs, inst.pid())
+		if inst.cgroup != "" {
+			ir.CgroupMem, _ = memoryCurrent(inst.cgroup)
+		}
+		if p, err := mergingPages(inst.pid()); err == nil {
+			ir.MergingPages = p
+		}
+		ir.Merged = mergedAt(traces[i], ir.MergingPages)
+		res.Instances = append(res.Instances, ir)
+	}
+
+	// A real request to every instance, at once, as a platform routes
+	// the first requests after a scale-out; the answers are checked. It
+	// comes after the memory was measured, so that its garbage does not
+	// count, and it shows that merged weights still answer right.
+	if h.request != nil {
+		h.progress.say(label, "sending each instance a request")
+		ctx, cancel := context.WithTimeout(context.Background(), o.ReadyTimeout)
+		defer cancel()
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, inst := range insts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d, err := h.request.send(ctx, ready[i].Addr)
+				res.Instances[i].Request = d
+				if err != nil {
+					errs[i] = fmt.Errorf("%s: %w", inst.name, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return nil, err
+		}
 	}
 	res.Isolation = h.Isolation()
 	return res, nil
 }
 
+// mergedAt returns when trace first reached 95% of final pages, or -1 when
+// nothing (under 16 pages) was merged.
+func mergedAt(tr mergeTrace, final int64) time.Duration {
+	if final < 16 {
+		return -1
+	}
+	for j, p := range tr.pages {
+		if p >= final-final/20 {
+			return tr.t[j]
+		}
+	}
+	return -1
+}
+
 // ComputeDedup sets DedupTime from the samples: the saving at a sample is
-// base minus its PSS, where base is the PSS of the same instances without
-// merging (the "none" measurement), or, lacking one, the PSS when the last
-// instance was ready.
+// base minus its memory.current (PSS outside the guest), where base is the
+// same of the same instances without merging (the baseline measurement),
+// or, lacking one, the figure when the last instance was ready.
 func (r *Result) ComputeDedup(base int64) {
+	mem := func(s Sample) int64 {
+		if r.Final.CgroupMem > 0 {
+			return s.CgroupMem
+		}
+		return s.PSS
+	}
 	after := []Sample{}
 	for _, s := range r.Samples {
 		if s.T >= r.Ready {
@@ -461,17 +494,17 @@ func (r *Result) ComputeDedup(base int64) {
 		return
 	}
 	if base <= 0 {
-		base = after[0].PSS
+		base = mem(after[0])
 	}
-	final := base - r.Final.PSS
-	// Savings under a few pages are noise: nothing to time.
+	final := base - mem(r.Final)
+	// Savings under a MiB are noise: nothing to time.
 	if final < 1<<20 {
 		r.DedupOK = false
 		return
 	}
 	r.DedupOK = true
 	for _, s := range after {
-		if base-s.PSS >= final-final/20 {
+		if base-mem(s) >= final-final/20 {
 			r.DedupTime = s.T - r.Ready
 			return
 		}
@@ -486,10 +519,10 @@ func abs(x int64) int64 {
 	return x
 }
 
-// start starts one instance, placed in its cgroup and namespaces, and lets
-// it load.
+// start starts one instance of the imageclass command, born in its cgroup
+// and namespaces.
 func (h *Harness) start(cfg Config, name string) (*instance, error) {
-	inst := &instance{name: name, ready: make(chan Ready, 1)}
+	inst := &instance{name: name, ready: make(chan Ready, 1), stderr: &tailBuffer{max: 4096, out: os.Stderr}}
 	var cgFD = -1
 	if h.cg != nil {
 		dir, err := h.cg.create(name)
@@ -504,16 +537,15 @@ func (h *Harness) start(cfg Config, name string) (*instance, error) {
 	}
 
 	for attempt := 0; ; attempt++ {
-		cmd := exec.Command(h.Exe, "-test.run=^$", "-test.bench=^$")
-		cmd.Env = append(os.Environ(),
-			InstanceEnv+"="+name,
-			"UPM_BACKEND="+cfg.Backend,
-			"UPM_MODEL_DIR="+h.Opts.ModelDir,
-			FaceEnv+"="+h.face,
-			// A serverless instance has a CPU or so to itself.
-			"GOMAXPROCS=1",
+		cmd := exec.Command(h.Opts.Function,
+			"-listen", "127.0.0.1:0",
+			"-model", h.Opts.ModelDir,
+			"-weights", cfg.Weights,
 		)
-		cmd.Stderr = os.Stderr
+		// The function's own defaults otherwise (GOMAXPROCS, GOGC), as
+		// a user deploys it.
+		cmd.Env = append(os.Environ(), "UPM_BACKEND="+cfg.Backend)
+		cmd.Stderr = inst.stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: h.nsFlags, Pdeathsig: syscall.SIGKILL}
 		if cgFD >= 0 {
 			// CLONE_INTO_CGROUP: the instance is charged to its
@@ -521,86 +553,50 @@ func (h *Harness) start(cfg Config, name string) (*instance, error) {
 			cmd.SysProcAttr.UseCgroupFD = true
 			cmd.SysProcAttr.CgroupFD = cgFD
 		}
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			return nil, err
-		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			return nil, err
 		}
+		inst.started = time.Now()
 		err = cmd.Start()
 		if err != nil && attempt == 0 && (h.nsFlags != 0 || cgFD >= 0) && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)) {
 			// No namespaces or no clone3 into a cgroup here: start
-			// it plainly and move it into its group before it loads.
-			h.isolation = append(h.isolation, fmt.Sprintf("namespaces and CLONE_INTO_CGROUP refused (%v): plain processes, moved into their cgroup before loading", err))
+			// it plainly and move it into its group at once.
+			h.isolation = append(h.isolation, fmt.Sprintf("namespaces and CLONE_INTO_CGROUP refused (%v): plain processes, moved into their cgroup right after start", err))
 			h.nsFlags, cgFD = 0, -1
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("start %s: %w", name, err)
+			return nil, fmt.Errorf("start %s (%s): %w", name, h.Opts.Function, err)
 		}
 		if attempt == 0 && h.nsFlags != 0 && !slices.Contains(h.isolation, nsNote) {
 			h.isolation = append(h.isolation, nsNote)
 		}
-		inst.cmd, inst.stdin = cmd, stdin
+		inst.cmd = cmd
 		if inst.cgroup != "" && cgFD < 0 {
 			if err := addToCgroup(inst.cgroup, cmd.Process.Pid); err != nil {
 				return inst, fmt.Errorf("%s: %w", name, err)
 			}
 		}
-		go func() {
-			defer close(inst.ready)
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var r Ready
-				if json.Unmarshal(sc.Bytes(), &r) == nil && (r.Ready || r.Error != "") {
-					inst.ready <- r
-					_, _ = io.Copy(io.Discard, stdout)
-					return
-				}
-			}
-		}()
-		// Placed: let it load.
-		if _, err := io.WriteString(stdin, "go\n"); err != nil {
-			return inst, fmt.Errorf("%s: %w", name, err)
-		}
+		go inst.readReady(stdout)
 		return inst, nil
 	}
 }
 
 const nsNote = "own UTS, IPC and PID namespaces"
 
-func instanceFailure(inst *instance, r Ready) string {
-	if r.Error != "" {
-		return r.Error
-	}
-	return "exited before it was ready (see its stderr above)"
-}
-
-// stopAll closes the instances' stdin, which ends them, and removes their
-// cgroups.
+// stopAll stops the instances and removes their cgroups.
 func (h *Harness) stopAll(insts []*instance) {
+	var wg sync.WaitGroup
 	for _, inst := range insts {
-		if inst.stdin != nil {
-			inst.stdin.Close()
-		}
-	}
-	for _, inst := range insts {
-		if inst.cmd == nil {
-			continue
-		}
-		done := make(chan struct{})
+		wg.Add(1)
 		go func() {
-			_ = inst.cmd.Wait()
-			close(done)
+			defer wg.Done()
+			inst.stop(30 * time.Second)
 		}()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = inst.cmd.Process.Kill()
-			<-done
-		}
+	}
+	wg.Wait()
+	for _, inst := range insts {
 		if inst.cgroup != "" && h.cg != nil {
 			_ = h.cg.remove(inst.cgroup)
 		}

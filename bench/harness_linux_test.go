@@ -4,7 +4,10 @@
 package bench
 
 import (
+	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +15,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/upm-project/upm/examples/imageclass/classifier"
 )
 
 func TestParseCounts(t *testing.T) {
@@ -54,9 +59,28 @@ func TestOptionsFromEnv(t *testing.T) {
 	assert.Equal(t, "/model", o.ModelDir)
 	assert.EqualValues(t, 512<<20, o.Budget)
 
+	t.Setenv("UPM_BENCH_CONFIGS", "none, upm")
+	t.Setenv("UPM_BENCH_STEADY", "3s")
+	t.Setenv("UPM_BENCH_FUNCTION", "/bin/imageclass")
+	o, err = OptionsFromEnv("/repo/bench")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"none", "upm"}, o.Configs)
+	assert.Equal(t, 3*time.Second, o.Steady)
+	assert.Equal(t, "/bin/imageclass", o.Function)
+	h := &Harness{Opts: o}
+	var names []string
+	for _, c := range h.Configs() {
+		names = append(names, c.Name)
+	}
+	assert.Equal(t, []string{"none", "upm"}, names)
+
 	t.Setenv("UPM_BENCH_KSM_WAIT", "soon")
 	_, err = OptionsFromEnv("/repo/bench")
 	assert.ErrorContains(t, err, "UPM_BENCH_KSM_WAIT")
+	t.Setenv("UPM_BENCH_KSM_WAIT", "")
+	t.Setenv("UPM_BENCH_CLASSIFY", "all")
+	_, err = OptionsFromEnv("/repo/bench")
+	assert.ErrorContains(t, err, "UPM_BENCH_CLASSIFY")
 }
 
 func TestComputeDedup(t *testing.T) {
@@ -86,38 +110,77 @@ func TestComputeDedup(t *testing.T) {
 	assert.Zero(t, r.DedupTime)
 }
 
+func TestPercentile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3}
+	assert.Equal(t, 3.0, percentile(xs, 50))
+	assert.Equal(t, 5.0, percentile(xs, 99))
+	assert.Equal(t, 5.0, percentile(xs, 100))
+	assert.Equal(t, 1.0, percentile(xs, 1))
+	assert.True(t, math.IsNaN(percentile(nil, 50)))
+	assert.Equal(t, []float64{5, 1, 4, 2, 3}, xs, "the input is left as it was")
+}
+
+func TestMergedAt(t *testing.T) {
+	tr := mergeTrace{
+		t:     []time.Duration{1, 2, 3, 4},
+		pages: []int64{0, 50, 96, 100},
+	}
+	assert.Equal(t, time.Duration(3), mergedAt(tr, 100), "95% of the final pages first at t=3")
+	assert.Equal(t, time.Duration(-1), mergedAt(tr, 10), "under 16 pages: nothing merged")
+	assert.Equal(t, time.Duration(-1), mergedAt(mergeTrace{}, 100), "no trace")
+}
+
 func TestReportWrite(t *testing.T) {
 	o := Options{Budget: 1 << 30, Sample: 250 * time.Millisecond, KSMWait: time.Minute}
-	mk := func(cfg string, n int, pssMiB int64) *Result {
-		final := Sample{T: 3 * time.Second, PSS: pssMiB << 20, Used: (pssMiB + 100) << 20}
-		return &Result{
-			Config: cfg, N: n, Ready: time.Second, UsedBefore: 100 << 20,
-			Samples:     []Sample{{T: 0}, {T: time.Second, PSS: pssMiB << 21}, final},
-			Final:       final,
-			AdviseTimes: []time.Duration{time.Millisecond, 3 * time.Millisecond},
-			Advised:     27 << 20,
-			Isolation:   "test",
+	mk := func(cfg string, n, round int, memMiB int64, adviseMs int) *Result {
+		final := Sample{T: 3 * time.Second, PSS: (memMiB - 2) << 20, CgroupMem: memMiB << 20, Used: (memMiB + 100) << 20}
+		r := &Result{
+			Config: cfg, N: n, Round: round, Ready: time.Second, UsedBefore: 100 << 20,
+			Samples:   []Sample{{T: 0}, {T: time.Second, CgroupMem: memMiB << 21}, final},
+			Final:     final,
+			Isolation: "test",
 		}
+		for i := range n {
+			r.Instances = append(r.Instances, InstanceResult{
+				Name:   fmt.Sprint("inst-", i),
+				Start:  time.Duration(i) * 100 * time.Millisecond,
+				Ready:  time.Second,
+				Merged: time.Duration(i)*100*time.Millisecond + 500*time.Millisecond,
+				Load: Ready{LoadStats: classifier.LoadStats{
+					Backend: map[string]string{"none": "none", "upm": "upm"}[cfg], AdvisedBytes: 27 << 20,
+					AdviseTime: time.Duration(adviseMs*(i+1)) * time.Millisecond,
+				}},
+				Request: 20 * time.Millisecond,
+			})
+		}
+		return r
 	}
-	rep := &Report{Opts: o, HashMBps: map[string]float64{"maphash": 5000}, Skipped: []string{"upm: needs the UPM kernel"}}
-	rep.Results = []*Result{mk("none", 1, 40), mk("none", 4, 160), mk("upm", 1, 40), mk("upm", 4, 70)}
+	rep := &Report{Opts: o, Configs: GuestConfigs, HashMBps: map[string]float64{"xxhash64 per 4 KiB page": 5000}, Skipped: []string{"upm: needs the UPM kernel"}}
+	rep.Results = []*Result{
+		mk("none", 1, 1, 40, 1), mk("none", 4, 1, 160, 1), mk("upm", 1, 1, 40, 10), mk("upm", 4, 1, 70, 10),
+		mk("none", 1, 2, 40, 1), mk("none", 4, 2, 170, 1), mk("upm", 1, 2, 40, 10), mk("upm", 4, 2, 80, 10),
+	}
 
 	f := rep.Figures(rep.Results[3])
-	assert.InDelta(t, 70, f.PSSMiB, 1e-9)
-	assert.InDelta(t, 100*90.0/160, f.SavedPct, 1e-9)
+	assert.InDelta(t, 70, f.CgroupMiB, 1e-9)
+	assert.InDelta(t, 100*90.0/160, f.SavedPct, 1e-9, "against none in the same round, on memory.current")
 	assert.InDelta(t, 10, f.MarginalMiB, 1e-9, "(70-40)/3")
 	assert.InDelta(t, 1+(1024-40)/10.0, f.Density, 1e-9)
-	assert.InDelta(t, 2, f.AdviseMs, 1e-9)
-	assert.InDelta(t, 27<<20/1e6/0.002, f.MergeMBps, 1e-6)
+	assert.InDelta(t, 20, f.AdviseP50Ms, 1e-9, "advise times 10, 20, 30, 40 ms")
+	assert.InDelta(t, 40, f.AdviseP99Ms, 1e-9)
+	assert.InDelta(t, 0.5, f.StartToMergedP50S, 1e-9, "each merged 0.5 s after its own start")
+	assert.InDelta(t, 27<<20/1e6/0.020, f.UPMMBps, 1e-6)
+	assert.True(t, math.IsNaN(rep.Figures(rep.Results[1]).UPMMBps), "no merge throughput for a backend that does not merge in the advise call")
 
 	dir := t.TempDir()
 	require.NoError(t, rep.Write(dir))
 	md, err := os.ReadFile(filepath.Join(dir, "results.md"))
 	require.NoError(t, err)
-	assert.Contains(t, string(md), "| upm | 4 | 70.0 |")
-	assert.Contains(t, string(md), "maphash: 5000 MB/s")
+	assert.Contains(t, string(md), "| upm | 4 | 75.0 (70.0–80.0) |", "the median of two rounds, with their range")
+	assert.Contains(t, string(md), "xxhash64 per 4 KiB page: 5000 MB/s")
 	assert.Contains(t, string(md), "needs the UPM kernel")
-	for _, name := range []string{"results.csv", "samples.csv", "instances.csv", "memory_vs_instances.svg", "memory_vs_instances.png", "memory_over_time.svg", "memory_over_time.png"} {
+	assert.Contains(t, string(md), "an extrapolation, not a measurement")
+	for _, name := range []string{"results.csv", "samples.csv", "instances.csv", "bench.txt", "memory_vs_instances.svg", "memory_vs_instances.png", "memory_over_time.svg", "memory_over_time.png"} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if assert.NoError(t, err) {
 			assert.NotZero(t, st.Size(), name)
@@ -125,48 +188,62 @@ func TestReportWrite(t *testing.T) {
 	}
 	csv, err := os.ReadFile(filepath.Join(dir, "results.csv"))
 	require.NoError(t, err)
-	assert.Equal(t, 5, strings.Count(string(csv), "\n"))
+	assert.Equal(t, 9, strings.Count(string(csv), "\n"), "a header and a line per round")
+	bt, err := os.ReadFile(filepath.Join(dir, "bench.txt"))
+	require.NoError(t, err)
+	assert.Contains(t, string(bt), "BenchmarkDensity/config=upm/n=4 1 70 MiB-memory.current ")
+	assert.Equal(t, 2, strings.Count(string(bt), "BenchmarkDensity/config=upm/n=4 "), "one line per round, for benchstat")
 }
 
-// TestInstances starts two instances on this host, as BenchmarkDensity does
-// outside the guest, and checks what they report.
+// TestInstances starts two real imageclass instances as plain processes, as
+// BenchmarkDensity does outside the guest, sends them a request and checks
+// what they report.
 func TestInstances(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts processes")
+		t.Skip("builds the imageclass command and starts processes")
 	}
 	o := options(t)
+	if o.Function == "" {
+		// On a host: build it, as make demo does for the guest.
+		if _, err := exec.LookPath("go"); err != nil {
+			t.Skip("no imageclass command (UPM_BENCH_FUNCTION) and no go to build one")
+		}
+		o.Function = filepath.Join(t.TempDir(), "imageclass")
+		build := exec.Command("go", "build", "-o", o.Function, "github.com/upm-project/upm/examples/imageclass")
+		build.Stderr = os.Stderr
+		require.NoError(t, build.Run())
+	}
 	o.InGuest = false
 	o.Sample = 100 * time.Millisecond
 	o.Settle = 300 * time.Millisecond
 	o.KSMWait = 300 * time.Millisecond
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	h, err := NewHarness(o, exe)
+	o.Steady = 0
+	h, err := NewHarness(o)
 	require.NoError(t, err)
 	defer h.Close()
 
-	for _, cfg := range HostConfigs {
+	for _, cfg := range h.Configs() {
 		if reason := h.SkipReason(cfg); reason != "" {
 			t.Logf("%s: %s", cfg.Name, reason)
 			continue
 		}
-		r, err := h.Measure(cfg, 2)
+		r, err := h.Measure(cfg, 2, 1)
 		require.NoError(t, err, cfg.Name)
 		require.Len(t, r.Instances, 2)
 		for _, in := range r.Instances {
-			assert.True(t, in.Ready)
-			assert.Equal(t, "sad", in.Result, "the instance classified sample2.jpg's face")
-			assert.EqualValues(t, 6910171, in.Params)
+			assert.True(t, in.Load.Ready)
+			assert.EqualValues(t, 6910171, in.Load.Params)
+			assert.Positive(t, in.Request, "the instance answered the request (checked: %q)", sampleExpression)
+			assert.GreaterOrEqual(t, in.Ready, in.Start)
 			if cfg.Backend == "none" {
-				assert.Zero(t, in.AdvisedBytes)
-				assert.Equal(t, "none", in.Backend)
+				assert.Zero(t, in.Load.AdvisedBytes)
+				assert.Equal(t, "none", in.Load.Backend)
 			} else {
-				assert.Equal(t, in.DecodedBytes, in.AdvisedBytes)
+				assert.Positive(t, in.Load.AdvisedBytes)
 			}
 		}
 		assert.Greater(t, r.Final.PSS, int64(2*27<<20), "two instances hold their weights")
 		assert.NotEmpty(t, r.Samples)
-		assert.GreaterOrEqual(t, r.Ready, time.Duration(0))
 	}
 }
 

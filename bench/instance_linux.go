@@ -5,170 +5,233 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
 	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
-	"github.com/upm-project/upm"
 	"github.com/upm-project/upm/examples/imageclass/classifier"
 )
 
-// InstanceEnv, when set in its environment, makes the bench's test binary an
-// instance of the function (see RunInstance); its value is the instance's
-// name.
-const InstanceEnv = "UPM_BENCH_INSTANCE"
-
-// ClassifyEnv chooses what an instance classifies once loaded: "face" (the
-// default: the expression network on the face in sample2.jpg, 50 ms of CPU
-// on a current machine, a second or two under TCG), "full" (the whole
-// pipeline on sample2.jpg: detector and all five networks, ten times that)
-// or "none".
-const ClassifyEnv = "UPM_BENCH_CLASSIFY"
-
-// Ready is the line an instance prints on stdout, as JSON, when it is loaded,
-// advised and has classified its image.
+// Ready is the line the imageclass command prints on stdout, as JSON, once
+// its models are loaded and advised and it listens (see
+// examples/imageclass/main.go).
 type Ready struct {
-	Ready bool   `json:"ready"`
-	Name  string `json:"name"`
-	// PID is the instance's own process ID, 1 in a new PID namespace.
-	PID int `json:"pid"`
+	Ready bool `json:"ready"`
+	// PID is the instance's process ID as it sees it: 1 in a new PID
+	// namespace.
+	PID  int    `json:"pid"`
+	Addr string `json:"addr"`
 	classifier.LoadStats
-	// ClassifyTime is the wall time of the classification, and Result
-	// its answer ("sad" for sample2.jpg's face).
-	ClassifyTime time.Duration `json:"classify_ns"`
-	Result       string        `json:"result"`
-	// Error, if set, says why the instance failed; it then exits.
-	Error string `json:"error,omitempty"`
 }
 
-// FaceEnv names a PNG of the face to classify, which the harness crops from
-// sample2.jpg once for all instances.
-const FaceEnv = "UPM_BENCH_FACE"
-
-func decodeFile(path string) (image.Image, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return classifier.Decode(f)
+// instance is one running imageclass process.
+type instance struct {
+	name   string
+	cmd    *exec.Cmd
+	cgroup string
+	// started is when the harness started it, and readyAt when its ready
+	// line arrived; both zero until then.
+	started, readyAt time.Time
+	ready            chan Ready
+	// stderr keeps the instance's last stderr lines, for errors.
+	stderr *tailBuffer
 }
 
-// sampleFaceImage returns the face of sample2.jpg in modelDir.
-func sampleFaceImage(modelDir string) (image.Image, error) {
-	img, err := decodeFile(filepath.Join(modelDir, "sample2.jpg"))
-	if err != nil {
-		return nil, err
+// pid is the instance's process ID in the harness's PID namespace.
+func (inst *instance) pid() int { return inst.cmd.Process.Pid }
+
+// readReady forwards the instance's ready line to inst.ready and then
+// discards its output; it closes inst.ready when the output ends.
+func (inst *instance) readReady(stdout io.Reader) {
+	defer close(inst.ready)
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var r Ready
+		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Ready {
+			inst.ready <- r
+			_, _ = io.Copy(io.Discard, stdout)
+			return
+		}
 	}
-	return img.(interface {
-		SubImage(image.Rectangle) image.Image
-	}).SubImage(sampleFace), nil
 }
 
-// writeSampleFace writes the face of sample2.jpg as a PNG file in dir and
-// returns its path.
-func writeSampleFace(modelDir, dir string) (string, error) {
-	face, err := sampleFaceImage(modelDir)
+// stop asks the instance to shut down (SIGTERM, as a platform scaling in
+// would) and kills it if it has not exited after grace.
+func (inst *instance) stop(grace time.Duration) {
+	if inst.cmd == nil || inst.cmd.Process == nil {
+		return
+	}
+	_ = inst.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		_ = inst.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = inst.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// failure describes why an instance did not become ready.
+func (inst *instance) failure() string {
+	msg := "exited before it was ready"
+	if st := inst.cmd.ProcessState; st != nil {
+		msg += " (" + st.String() + ")"
+	}
+	if tail := strings.TrimSpace(inst.stderr.String()); tail != "" {
+		msg += ": " + tail
+	}
+	return msg
+}
+
+// request is what the harness asks every instance once it is measured: a
+// real request to the function, whose answer is checked.
+type request struct {
+	// Body is the image sent, and Query the query string of /classify.
+	Body  []byte
+	Query string
+	// Want is the expression the first face must have.
+	Want string
+}
+
+// classifyRequest returns the request of mode (UPM_BENCH_CLASSIFY): "face"
+// sends the face of sample2.jpg, cropped once by the harness, for the
+// detector at a small input size and the expression network, so that one
+// request costs about a second of emulated CPU; "full" sends the whole photo
+// through every network at the default input size; "none" sends nothing.
+func classifyRequest(mode, modelDir string) (*request, error) {
+	switch mode {
+	case "", "face":
+		face, err := sampleFaceImage(modelDir)
+		if err != nil {
+			return nil, err
+		}
+		var b bytes.Buffer
+		if err := png.Encode(&b, face); err != nil {
+			return nil, err
+		}
+		return &request{Body: b.Bytes(), Query: "input_size=" + faceInputSize + "&max_faces=1&models=face_expression_model", Want: sampleExpression}, nil
+	case "full":
+		b, err := os.ReadFile(filepath.Join(modelDir, "sample2.jpg"))
+		if err != nil {
+			return nil, err
+		}
+		return &request{Body: b, Want: sampleExpression}, nil
+	case "none":
+		return nil, nil
+	}
+	return nil, fmt.Errorf("UPM_BENCH_CLASSIFY=%q: want face, full or none", mode)
+}
+
+// faceInputSize is the detector's input size for the cropped face: the face
+// fills the crop, so a small size will do; 128 is the smallest at which the
+// detector finds it with a clear margin (64 scores 0.555 against the 0.5
+// threshold; 96 finds nothing; 160 and 192 call it "neutral").
+const faceInputSize = "128"
+
+// sampleExpression is what face-api's expression network says of the face in
+// sample2.jpg (see examples/imageclass/classifier's tests).
+const sampleExpression = "sad"
+
+// send sends req to the instance at addr and checks the answer.
+func (req *request) send(ctx context.Context, addr string) (time.Duration, error) {
+	start := time.Now()
+	url := "http://" + addr + "/classify"
+	if req.Query != "" {
+		url += "?" + req.Query
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(req.Body))
 	if err != nil {
-		return "", err
+		return 0, err
 	}
-	path := filepath.Join(dir, "face.png")
-	f, err := os.Create(path)
+	resp, err := http.DefaultClient.Do(hr)
 	if err != nil {
-		return "", err
+		return 0, err
 	}
-	if err := png.Encode(f, face); err != nil {
-		f.Close()
-		return "", err
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, err
 	}
-	return path, f.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("POST %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	var res classifier.Result
+	if err := json.Unmarshal(body, &res); err != nil {
+		return 0, fmt.Errorf("POST %s: %w", url, err)
+	}
+	if len(res.Faces) == 0 {
+		return 0, fmt.Errorf("POST %s: no face found", url)
+	}
+	if got := res.Faces[0].Expression; got != req.Want {
+		return 0, fmt.Errorf("POST %s: expression %q, want %q", url, got, req.Want)
+	}
+	return time.Since(start), nil
+}
+
+// tailBuffer keeps the last bytes written to it (an instance's stderr) and
+// passes them on to out.
+type tailBuffer struct {
+	mu  sync.Mutex
+	b   []byte
+	max int
+	out io.Writer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.out != nil {
+		_, _ = t.out.Write(p)
+	}
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = t.b[len(t.b)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
 }
 
 // sampleFace is the face in sample2.jpg that face-api's tiny face detector
 // finds (see examples/imageclass/classifier's tests).
 var sampleFace = image.Rect(1402, 173, 1402+277, 173+264)
 
-// RunInstance runs the function instance in this process and returns its exit
-// code: it waits for a line on stdin (so that the harness can place it in a
-// cgroup first), loads the models from modelDir, classifies, prints Ready on
-// stdout, and idles until stdin closes.
-func RunInstance(name, modelDir string, stdin io.Reader, stdout io.Writer) int {
-	in := bufio.NewReader(stdin)
-	if _, err := in.ReadString('\n'); err != nil {
-		return 2
-	}
-	r := Ready{Name: name, PID: os.Getpid()}
-	if err := runFunction(modelDir, &r); err != nil {
-		r.Error = err.Error()
-		_ = json.NewEncoder(stdout).Encode(r)
-		return 1
-	}
-	r.Ready = true
-	if err := json.NewEncoder(stdout).Encode(r); err != nil {
-		return 1
-	}
-	_, _ = io.Copy(io.Discard, in) // idle until stdin closes
-	return 0
-}
-
-func runFunction(modelDir string, r *Ready) error {
-	m, err := classifier.Load(modelDir, nil)
+// sampleFaceImage returns the face of sample2.jpg in modelDir.
+func sampleFaceImage(modelDir string) (image.Image, error) {
+	f, err := os.Open(filepath.Join(modelDir, "sample2.jpg"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	r.LoadStats = m.Stats()
-	if want := os.Getenv(upm.EnvBackend); want != "" && want != "none" && r.NotAdvised != "" {
-		return fmt.Errorf("%s=%s, but the weights were not advised: %s", upm.EnvBackend, want, r.NotAdvised)
+	defer f.Close()
+	img, err := classifier.Decode(f)
+	if err != nil {
+		return nil, err
 	}
-
-	start := time.Now()
-	switch mode := os.Getenv(ClassifyEnv); mode {
-	case "full":
-		img, err := decodeFile(filepath.Join(modelDir, "sample2.jpg"))
-		if err != nil {
-			return err
-		}
-		res, err := m.Classify(img, classifier.ClassifyOptions{})
-		if err != nil {
-			return err
-		}
-		if len(res.Faces) == 0 {
-			return fmt.Errorf("no face found in sample2.jpg")
-		}
-		r.Result = res.Faces[0].Expression
-	case "", "face":
-		// The harness crops the face once (FaceEnv); decoding the whole
-		// photo would cost each instance more than classifying it.
-		var face image.Image
-		if path := os.Getenv(FaceEnv); path != "" {
-			if face, err = decodeFile(path); err != nil {
-				return err
-			}
-		} else {
-			if face, err = sampleFaceImage(modelDir); err != nil {
-				return err
-			}
-		}
-		f, err := m.ClassifyFace(face, "face_expression_model")
-		if err != nil {
-			return err
-		}
-		r.Result = f.Expression
-	case "none":
-	default:
-		return fmt.Errorf("%s=%q: want face, full or none", ClassifyEnv, mode)
+	sub, ok := img.(interface {
+		SubImage(image.Rectangle) image.Image
+	})
+	if !ok {
+		return nil, fmt.Errorf("sample2.jpg decodes to a %T, which cannot be cropped", img)
 	}
-	r.ClassifyTime = time.Since(start)
-
-	// Give the collector's leftovers of loading and classifying back, so
-	// that every configuration is measured on the memory an idle instance
-	// holds, not on when the scavenger last ran.
-	debug.FreeOSMemory()
-	return nil
+	return sub.SubImage(sampleFace), nil
 }

@@ -165,6 +165,22 @@ func ksmdCPU(fs procfs.FS) time.Duration {
 	return 0
 }
 
+// mergingPages returns ksm_merging_pages of process pid from
+// /proc/PID/ksm_stat: its pages that are KSM pages, which UPM's merges make
+// too. It costs the kernel a few counter reads, unlike smaps.
+func mergingPages(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/ksm_stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ksm_merging_pages "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/ksm_stat has no ksm_merging_pages", pid)
+}
+
 // hasUPM reports whether the kernel has UPM.
 func hasUPM() bool {
 	_, err := os.Stat(upmAdvice)

@@ -41,17 +41,38 @@ var guestPackages = []string{
 const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2 -no-reboot"
 
 // TestGuest runs the tests of guestPackages inside the guest: make test-vm.
+// The kselftest-style C programs built by kernel/build.sh (UPM_SELFTESTS)
+// and the upm package's test binary (UPM_LIBRARY_TESTS) go into the guest's
+// /bin; internal/integration runs them.
 func TestGuest(t *testing.T) {
 	packages := guestPackages
 	if v := os.Getenv("UPM_GUEST_PACKAGES"); v != "" {
 		packages = strings.Split(v, ",")
 	}
-	runGuest(t, packages, nil)
+	var files []string
+	if dir := os.Getenv("UPM_SELFTESTS"); dir != "" {
+		progs, err := filepath.Glob(filepath.Join(dir, "upm_*"))
+		if err != nil || len(progs) == 0 {
+			t.Fatalf("UPM_SELFTESTS=%s holds no upm_* programs: kernel/build.sh builds them", dir)
+		}
+		for _, prog := range progs {
+			files = append(files, prog+":bin/"+filepath.Base(prog))
+		}
+	}
+	if host := os.Getenv("UPM_LIBRARY_TESTS"); host != "" {
+		if _, err := os.Stat(host); err != nil {
+			t.Fatalf("UPM_LIBRARY_TESTS: %v (make guest-tests builds it)", err)
+		}
+		files = append(files, host+":bin/upm.test")
+	}
+	runGuest(t, packages, nil, files...)
 }
 
 // TestBench runs the density benchmarks of bench/ inside the guest: make
-// demo (16 instances) and make bench (the whole sweep). The model the
-// function loads goes into the guest's /model.
+// demo and make bench. The model goes into the guest's /model and the
+// imageclass command (UPM_BENCH_FUNCTION on the host, built by the
+// Makefile) into its /bin; every UPM_BENCH_* variable of the host's
+// environment reaches the guest's.
 func TestBench(t *testing.T) {
 	if os.Getenv("UPM_BENCH") == "" {
 		t.Skip("runs the density benchmarks for make demo and make bench (UPM_BENCH=1)")
@@ -64,13 +85,21 @@ func TestBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	function := os.Getenv("UPM_BENCH_FUNCTION")
+	if function == "" {
+		t.Fatal("UPM_BENCH_FUNCTION: the imageclass command built for the guest (make demo builds it)")
+	}
+	if _, err := os.Stat(function); err != nil {
+		t.Fatalf("UPM_BENCH_FUNCTION: %v", err)
+	}
 	env := []string{"UPM_MODEL_DIR=/model"}
-	for _, name := range []string{"UPM_BENCH_N", "UPM_BENCH_KSM_WAIT", "UPM_BENCH_CONFIGS"} {
-		if v := os.Getenv(name); v != "" {
-			env = append(env, name+"="+v)
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "UPM_BENCH_") && !strings.HasPrefix(kv, "UPM_BENCH_FUNCTION=") {
+			env = append(env, kv)
 		}
 	}
-	runGuest(t, []string{"github.com/upm-project/upm/bench"}, env, model+":model")
+	env = append(env, "UPM_BENCH_FUNCTION=/bin/imageclass")
+	runGuest(t, []string{"github.com/upm-project/upm/bench"}, env, model+":model", function+":bin/imageclass")
 }
 
 // runGuest boots VMTEST_KERNEL under QEMU, runs the Go tests (and
@@ -99,25 +128,6 @@ func runGuest(t *testing.T, packages, env []string, files ...string) {
 	}
 	if err := os.MkdirAll(resultsDir, 0o755); err != nil {
 		t.Fatal(err)
-	}
-
-	// The kselftest-style C programs, built by kernel/build.sh, and the
-	// upm package's test binary go into the guest's /bin;
-	// internal/integration runs them.
-	if dir := os.Getenv("UPM_SELFTESTS"); dir != "" {
-		progs, err := filepath.Glob(filepath.Join(dir, "upm_*"))
-		if err != nil || len(progs) == 0 {
-			t.Fatalf("UPM_SELFTESTS=%s holds no upm_* programs: kernel/build.sh builds them", dir)
-		}
-		for _, prog := range progs {
-			files = append(files, prog+":bin/"+filepath.Base(prog))
-		}
-	}
-	if host := os.Getenv("UPM_LIBRARY_TESTS"); host != "" {
-		if _, err := os.Stat(host); err != nil {
-			t.Fatalf("UPM_LIBRARY_TESTS: %v", err)
-		}
-		files = append(files, host+":bin/upm.test")
 	}
 
 	// gouinit runs each test binary with its default -test.timeout of 10
