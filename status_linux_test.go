@@ -153,7 +153,7 @@ func TestMergeDomain(t *testing.T) {
 // allocate per page.
 func TestMergedStreams(t *testing.T) {
 	requireMerging(t)
-	const size = 256 << 20
+	const size = 64 << 20
 	mem := mmapPages(t, size/pageSize)
 	for i := 0; i < len(mem); i += pageSize {
 		mem[i] = byte(i / pageSize)
@@ -169,7 +169,7 @@ func TestMergedStreams(t *testing.T) {
 	_, _, err = r.Merged()
 	runtime.ReadMemStats(&after)
 	require.NoError(t, err)
-	// 65536 pages: collecting their frame numbers took 512 KiB and more.
+	// 16384 pages: collecting their frame numbers took 128 KiB and more.
 	assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "Merged allocated per page")
 }
 
