@@ -48,7 +48,9 @@ var pageSize = os.Getpagesize()
 // MADV_UPM_MERGE fails with EAGAIN when the kernel could not allocate its
 // bookkeeping; the kernel's documentation allows repeating the call, and
 // Advise leaves that to the caller, who knows whether memory is short: Advise
-// on the same memory again merges what was not merged yet.
+// on the same memory again merges what was not merged yet. Keep both Regions
+// then, or neither: advice is not nested, so an Unadvise of either takes it
+// off the memory of both.
 //
 // The returned Region refers to the memory and stays in the package's
 // registry (see WriteProfile) until Unadvise, so the garbage collector does
