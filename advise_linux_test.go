@@ -202,6 +202,7 @@ func TestAdviseSharedMapping(t *testing.T) {
 	d := DiagnoseRegion(mem)
 	assert.False(t, d.Eligible)
 	assert.Contains(t, d.String(), "shared mapping")
+	assert.True(t, d.Has(CodeSharedMapping))
 
 	r, err := Advise(mem)
 	switch CurrentBackend() {

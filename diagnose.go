@@ -106,8 +106,19 @@ type RegionDiagnosis struct {
 	// Advised reports whether every page of the interior is advised
 	// (VM_MERGEABLE).
 	Advised bool
-	// Findings are plain sentences, the most important first.
-	Findings []string
+	// Findings are what was found, the summary first, each with a stable
+	// code (CodeSharedMapping, CodeNotPresent, ...).
+	Findings []Finding
+}
+
+// Has reports whether the diagnosis has a finding with the given code.
+func (d RegionDiagnosis) Has(code string) bool {
+	for _, f := range d.Findings {
+		if f.Code == code {
+			return true
+		}
+	}
+	return false
 }
 
 // DiagnoseRegion examines the memory mappings that hold b, and says whether
@@ -122,7 +133,7 @@ func DiagnoseRegion(b []byte) RegionDiagnosis {
 	}
 	mem, err := interior(p, len(b))
 	if err != nil {
-		return RegionDiagnosis{Findings: []string{fmt.Sprintf("Nothing can be advised: %v.", err)}}
+		return RegionDiagnosis{Findings: []Finding{{Code: CodeTooSmall, Fact: fmt.Sprintf("Nothing can be advised: %v.", err)}}}
 	}
 	return diagnoseRegion(mem, currentDetection())
 }
@@ -130,7 +141,7 @@ func DiagnoseRegion(b []byte) RegionDiagnosis {
 // Diagnose is DiagnoseRegion of the Region's memory.
 func (r *Region) Diagnose() RegionDiagnosis {
 	if r == nil {
-		return RegionDiagnosis{Findings: []string{"The Region is nil."}}
+		return RegionDiagnosis{Findings: []Finding{{Code: CodeClosed, Fact: "The Region is nil."}}}
 	}
 	r.mu.Lock()
 	mem := r.mem
@@ -139,7 +150,7 @@ func (r *Region) Diagnose() RegionDiagnosis {
 		return RegionDiagnosis{
 			Addr:     r.addr,
 			Len:      r.size,
-			Findings: []string{"The Region was unadvised, or its Mapping or Arena closed."},
+			Findings: []Finding{{Code: CodeClosed, Fact: "The Region was unadvised, or its Mapping or Arena closed."}},
 		}
 	}
 	return diagnoseRegion(mem, currentDetection())
@@ -158,7 +169,7 @@ func (d RegionDiagnosis) String() string {
 	}
 	fmt.Fprintf(&b, "upm: %d bytes at %#x: %s, %s\n", d.Len, d.Addr, eligible, advised)
 	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "  - %s\n", f)
+		fmt.Fprintf(&b, "  - %s [%s]\n", f, f.Code)
 	}
 	return b.String()
 }

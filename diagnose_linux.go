@@ -248,7 +248,11 @@ func regionStatus(mem []byte, b Backend, det detection) Status {
 	if !rd.Eligible || !rd.Advised {
 		reason := "not every page is advised"
 		if len(rd.Findings) > 0 {
-			reason = strings.Join(rd.Findings, " ")
+			var parts []string
+			for _, f := range rd.Findings {
+				parts = append(parts, f.String())
+			}
+			reason = strings.Join(parts, " ")
 		}
 		return Status{State: StateNotMerging, Code: CodeMappingNotMergeable, Reason: reason}
 	}
@@ -268,71 +272,71 @@ func diagnoseRegion(mem []byte, det detection) RegionDiagnosis {
 	lo := addrOf(mem)
 	hi := lo + uintptr(len(mem))
 	d := RegionDiagnosis{Addr: lo, Len: len(mem)}
-	var findings []string
-	add := func(format string, args ...any) {
-		findings = append(findings, fmt.Sprintf(format, args...))
+	var findings []Finding
+	add := func(code, remedy, format string, args ...any) {
+		findings = append(findings, Finding{Code: code, Fact: fmt.Sprintf(format, args...), Remedy: remedy})
 	}
 
 	vmas, err := readSmaps()
 	if err != nil {
-		d.Findings = []string{fmt.Sprintf("Cannot tell: %v.", err)}
+		d.Findings = []Finding{{Code: CodeSmapsUnreadable, Fact: fmt.Sprintf("Cannot tell: %v.", err)}}
 		return d
 	}
 	eligible, advised := true, true
 	pos := lo
 	for _, v := range overlapping(vmas, lo, hi) {
 		if v.start > pos {
-			add("%s at %#x are not mapped: advising them fails with ENOMEM.", formatBytes(int64(v.start-pos)), pos)
+			add(CodeNotMapped, "", "%s at %#x are not mapped: advising them fails with ENOMEM.", formatBytes(int64(v.start-pos)), pos)
 			eligible, advised = false, false
 		}
 		part := fmt.Sprintf("%#x-%#x (%s)", max(v.start, lo), min(v.end, hi), v.describe())
 		switch {
 		case v.hasFlag("ht"):
 			eligible = false
-			add("%s is hugetlb memory, which neither KSM nor UPM merges.", part)
+			add(CodeHugetlb, "", "%s is hugetlb memory, which neither KSM nor UPM merges.", part)
 		case v.hasFlag("sh") || v.hasFlag("ms"):
 			eligible = false
-			add("%s is a shared mapping: KSM ignores advice on shared memory and UPM refuses it (EINVAL). Only private anonymous memory merges; copy the data there, with AdviseFile for a file.", part)
+			add(CodeSharedMapping, "Only private anonymous memory merges; copy the data there, with AdviseFile for a file.", "%s is a shared mapping: KSM ignores advice on shared memory and UPM refuses it (EINVAL).", part)
 		case v.hasFlag("pf") || v.hasFlag("io") || v.hasFlag("mm") || v.hasFlag("de"):
 			eligible = false
-			add("%s is device or special memory, which cannot merge.", part)
+			add(CodeSpecialMapping, "", "%s is device or special memory, which cannot merge.", part)
 		case v.hasFlag("dp"):
 			eligible = false
-			add("%s is droppable memory, which cannot merge.", part)
+			add(CodeDroppable, "", "%s is droppable memory, which cannot merge.", part)
 		case v.fileBacked():
 			eligible = false
 			anon, _ := v.bytes("Anonymous")
 			rss, _ := v.bytes("Rss")
-			add("%s maps a file privately: only the pages the program has written (%s of the %s resident in this mapping) are anonymous and can merge; the others are the file's page cache, which the readers of the file share already. Use MapFile to share a file in place, or AdviseFile for a private copy that merges.", part, formatBytes(anon), formatBytes(rss))
+			add(CodeFileMapping, "Use MapFile to share a file in place, or AdviseFile for a private copy that merges.", "%s maps a file privately: only the pages the program has written (%s of the %s resident in this mapping) are anonymous and can merge; the others are the file's page cache, which the readers of the file share already.", part, formatBytes(anon), formatBytes(rss))
 		}
 		if !v.hasFlag("mg") {
 			advised = false
 		}
 		if huge, _ := v.bytes("AnonHugePages"); huge > 0 {
-			add("The mapping holding %s has %s in transparent huge pages, which must be split before they merge.", part, formatBytes(huge))
+			add(CodeTHP, "", "The mapping holding %s has %s in transparent huge pages, which must be split before they merge.", part, formatBytes(huge))
 		}
 		pos = v.end
 	}
 	if pos < hi {
-		add("%s at %#x are not mapped: advising them fails with ENOMEM.", formatBytes(int64(hi-pos)), pos)
+		add(CodeNotMapped, "", "%s at %#x are not mapped: advising them fails with ENOMEM.", formatBytes(int64(hi-pos)), pos)
 		eligible, advised = false, false
 	}
 
 	pages := len(mem) / pageSize
-	var summary []string
+	var summary []Finding
 	if eligible {
-		summary = append(summary, fmt.Sprintf("All %d pages lie in private anonymous memory, which can merge.", pages))
+		summary = append(summary, Finding{Code: CodeEligible, Fact: fmt.Sprintf("All %d pages lie in private anonymous memory, which can merge.", pages)})
 		if present, err := presentPages(mem); err == nil && present < pages {
-			add("%d of the %d pages are not present (never written, or swapped out): UPM skips them when they are advised, and KSM considers them once they are present.", pages-present, pages)
+			add(CodeNotPresent, "", "%d of the %d pages are not present (never written, or swapped out): UPM skips them when they are advised, and KSM considers them once they are present.", pages-present, pages)
 		}
 	}
 	if advised {
-		summary = append(summary, "They are advised (VmFlags mg).")
+		summary = append(summary, Finding{Code: CodeAdvised, Fact: "They are advised (VmFlags mg)."})
 	} else if eligible {
-		summary = append(summary, "Not all of them are advised: call Advise.")
+		summary = append(summary, Finding{Code: CodeNotAdvised, Fact: "Not all of them are advised.", Remedy: "Call Advise."})
 	}
 	if det.err != nil {
-		summary = append(summary, fmt.Sprintf("This system does not merge pages: %v.", det.err))
+		summary = append(summary, Finding{Code: CodeUnsupported, Fact: fmt.Sprintf("This system does not merge pages: %v.", det.err)})
 	}
 	d.Eligible, d.Advised = eligible, advised
 	d.Findings = append(summary, findings...)

@@ -133,6 +133,7 @@ func TestDiagnoseRegion(t *testing.T) {
 	assert.False(t, d.Advised, d.String())
 	assert.Contains(t, d.String(), "All 4 pages lie in private anonymous memory")
 	assert.Contains(t, d.String(), "2 of the 4 pages are not present")
+	assert.True(t, d.Has(CodeEligible) && d.Has(CodeNotAdvised) && d.Has(CodeNotPresent), d.String())
 
 	if BackendReason() == nil {
 		r, err := Advise(mem)
@@ -148,10 +149,12 @@ func TestDiagnoseRegion(t *testing.T) {
 	d = DiagnoseRegion(mem[:100])
 	assert.False(t, d.Eligible)
 	assert.Contains(t, d.String(), "range holds no whole page")
+	assert.True(t, d.Has(CodeTooSmall))
 
 	hole := mmapPages(t, 3)
 	require.NoError(t, unix.MunmapPtr(unsafe.Pointer(&hole[pageSize]), uintptr(pageSize)))
 	d = DiagnoseRegion(hole)
 	assert.False(t, d.Eligible)
 	assert.Contains(t, d.String(), fmt.Sprintf("%s at %#x are not mapped", formatBytes(int64(pageSize)), addrOf(hole)+uintptr(pageSize)))
+	assert.True(t, d.Has(CodeNotMapped))
 }

@@ -29,7 +29,7 @@ func diagnoseRegion(mem []byte, det detection) RegionDiagnosis {
 	return RegionDiagnosis{
 		Addr:     addrOf(mem),
 		Len:      len(mem),
-		Findings: []string{fmt.Sprintf("Nothing is merged: %v.", det.err)},
+		Findings: []Finding{{Code: CodeUnsupported, Fact: fmt.Sprintf("Nothing is merged: %v.", det.err)}},
 	}
 }
 

@@ -152,6 +152,21 @@ const (
 	// CodeMappingNotMergeable: the memory lies in a mapping that cannot
 	// merge (shared, hugetlb, device, file pages) or is not advised.
 	CodeMappingNotMergeable = "mapping-not-mergeable"
+	// Codes of DiagnoseRegion: what the mappings holding a range are.
+	CodeEligible        = "eligible"               // private anonymous memory, which can merge
+	CodeAdvised         = "advised"                // every page is advised (VmFlags mg)
+	CodeNotAdvised      = "not-advised"            // some pages are not advised
+	CodeNotMapped       = "not-mapped"             // a hole: advising fails with ENOMEM
+	CodeHugetlb         = "hugetlb"                // hugetlb memory, which never merges
+	CodeSharedMapping   = "shared-mapping"         // shared memory: KSM ignores it, UPM refuses it
+	CodeSpecialMapping  = "special-mapping"        // device, PFN or I/O memory
+	CodeDroppable       = "droppable"              // MAP_DROPPABLE memory
+	CodeFileMapping     = "file-mapping"           // a private file mapping: only written pages merge
+	CodeTHP             = "transparent-huge-pages" // must be split before merging
+	CodeNotPresent      = "pages-not-present"      // never written or swapped out
+	CodeTooSmall        = "too-small"              // the range holds no whole page
+	CodeSmapsUnreadable = "smaps-unreadable"       // /proc/self/smaps cannot be read
+
 	// CodeAdviseFailed: Advise failed part of the way.
 	CodeAdviseFailed = "advise-failed"
 	// CodeClosed: the Region was unadvised or closed.
