@@ -146,6 +146,9 @@ func NewHarness(o Options) (*Harness, error) {
 	if h.request, err = classifyRequest(o.Classify, o.ModelDir); err != nil {
 		return nil, err
 	}
+	if err := loopbackUp(); err != nil {
+		return nil, err
+	}
 	if !o.InGuest {
 		h.isolation = []string{"plain processes (host: no cgroups or namespaces)"}
 		return h, nil

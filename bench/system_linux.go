@@ -181,6 +181,32 @@ func mergingPages(pid int) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/ksm_stat has no ksm_merging_pages", pid)
 }
 
+// loopbackUp brings the loopback interface up, as a container runtime does
+// in every network namespace: the instances serve HTTP on 127.0.0.1, and the
+// guest's init leaves lo down.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w (a kernel without CONFIG_INET?)", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if ifr.Uint16()&unix.IFF_UP != 0 {
+		return nil
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
+}
+
 // hasUPM reports whether the kernel has UPM.
 func hasUPM() bool {
 	_, err := os.Stat(upmAdvice)
