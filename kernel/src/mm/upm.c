@@ -65,6 +65,13 @@
  *    kept and the page waits for a later advise.
  *  - Every lock is dropped between batches and cond_resched() runs; a fatal
  *    signal ends the call with -EINTR, and what was merged stays merged.
+ *  - Like every path of mm/ksm.c that touches the stable tree under
+ *    ksm_thread_mutex, UPM calls wait_while_offlining() right after taking
+ *    it, before any mmap_lock: memory offlining prunes the stable tree in
+ *    ksm_check_stable_tree() without the mutex. Merge, unmerge and exit all
+ *    get there holding no other lock, so offlining never waits for them.
+ *  - While /sys/kernel/mm/ksm/run is 2 (unmerge all), UPM merges nothing:
+ *    upm_merge_range() fails with -EBUSY.
  *
  * Lifetime
  * --------
@@ -74,7 +81,8 @@
  * proportional to that mm's own items; its pages are unmapped by then, so a
  * stable node whose KSM page went away with it is found stale by
  * ksm_get_folio() and freed on the way. MADV_UNMERGEABLE likewise drops the
- * rmap_items of the unmerged range at once (upm_unmerge_range()).
+ * rmap_items of the unmerged range at once (upm_unmerge_range()), of its
+ * mapped parts even when it fails with -ENOMEM for a hole.
  *
  * ksmd leaves candidates alone (should_skip_rmap_item()): they are merged
  * through the index, and with ksmd off there is no other way anyway.
@@ -634,8 +642,9 @@ int upm_madvise(struct vm_area_struct *vma, unsigned long start,
  * Return: 0 when every present page was looked at (some may be left
  * unmerged for being locked or pinned: see pages_skipped); -EINTR on a fatal
  * signal; -EAGAIN if memory for the index or an rmap_item could not be had;
- * -ENOSPC if the mm reached max_pages_per_process. What was merged before an
- * error stays merged.
+ * -ENOSPC if the mm reached max_pages_per_process; -EBUSY while
+ * /sys/kernel/mm/ksm/run is 2. What was merged before an error stays merged
+ * (but for -EBUSY: writing 2 to run unmerged it).
  */
 int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		    unsigned long end)
@@ -685,6 +694,18 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		}
 		mm_slot->upm = true;
 		mm_slot->upm_domain = domain;
+		/*
+		 * run = 2: KSM has unmerged every KSM page (run_store() does
+		 * it under ksm_thread_mutex) and keeps none until run changes
+		 * again. Make no new ones. The mm is marked as UPM's above, so
+		 * ksmd keeps out of it once it runs again.
+		 */
+		if (ksm_run & KSM_RUN_UNMERGE) {
+			mmap_read_unlock(mm);
+			mutex_unlock(&ksm_thread_mutex);
+			err = -EBUSY;
+			break;
+		}
 		n = upm_collect(mm, mm_slot, &addr, end, batch, &err);
 		mmap_read_unlock(mm);
 
@@ -750,6 +771,12 @@ void upm_unmerge_range(struct mm_struct *mm, unsigned long start,
 	if (!test_bit(MMF_VM_MERGEABLE, &mm->flags) || !upm_mm_used(mm))
 		return;
 	mutex_lock(&ksm_thread_mutex);
+	/*
+	 * Freeing rmap_items may free stale stable nodes, which must wait
+	 * for ksm_check_stable_tree() as in ksmd. No mmap_lock is held yet
+	 * (do_madvise() dropped its own): offlining waits for nothing of ours.
+	 */
+	wait_while_offlining();
 	mmap_read_lock(mm);
 	mm_slot = upm_mm_slot(mm);
 	if (!mm_slot || !mm_slot->upm)
@@ -789,6 +816,12 @@ void __upm_exit(struct mm_struct *mm)
 	if (!upm_mm_used(mm))
 		return;
 	mutex_lock(&ksm_thread_mutex);
+	/*
+	 * Freeing rmap_items may free stale stable nodes: wait for
+	 * ksm_check_stable_tree(), as ksmd does. __mmput() holds no lock
+	 * here, and the mm's pages are gone with exit_mmap().
+	 */
+	wait_while_offlining();
 	mm_slot = upm_mm_slot(mm);
 	if (!mm_slot || !mm_slot->upm)
 		goto out;

@@ -43,8 +43,10 @@ static long read_long(const char *path)
 	return strtol(buf, NULL, 10);
 }
 
-static long merging_pages(void)
+/* A field of /proc/self/ksm_stat, such as "ksm_rmap_items"; -1 if absent. */
+static long ksm_stat_field(const char *field)
 {
+	size_t len = strlen(field);
 	char line[128];
 	long v = -1;
 	FILE *f;
@@ -53,10 +55,17 @@ static long merging_pages(void)
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "ksm_merging_pages %ld", &v) == 1)
+		if (!strncmp(line, field, len) && line[len] == ' ') {
+			v = strtol(line + len, NULL, 10);
 			break;
+		}
 	fclose(f);
 	return v;
+}
+
+static long merging_pages(void)
+{
+	return ksm_stat_field("ksm_merging_pages");
 }
 
 /*
@@ -278,6 +287,108 @@ static void test_unmergeable(void)
 	munmap(b, NPAGES * pagesize);
 }
 
+/*
+ * In a fresh process (ksm_fork() starts its ksm_stat at 0): NPAGES pages,
+ * NPAGES - 4 of them twins of the pages of a second area, 4 without a twin
+ * (candidates), advised with UPM, then MADV_UNMERGEABLE over the span of
+ * both, with a page unmapped between them if @hole. Exits 0 if the span
+ * ends unmerged and UPM's and KSM's bookkeeping of it is all gone.
+ */
+static int unmerge_span_child(bool hole)
+{
+	size_t span = (2 * NPAGES + 1) * pagesize;
+	long candidates = read_long("/sys/kernel/mm/upm/candidates");
+	long items, merged, merging, cands_left;
+	char *mem, *tail;
+	int ret, err;
+
+	mem = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		return 3;
+	tail = mem + (NPAGES + 1) * pagesize;
+	fill(mem, NPAGES, 8);
+	fill(tail, NPAGES, 8);
+	fill(tail + (NPAGES - 4) * pagesize, 4, 9);
+	if (madvise(mem, span, upm_advice))
+		return 3;
+	merged = ksm_pages_in(mem, NPAGES) + ksm_pages_in(tail, NPAGES);
+	if (hole)
+		munmap(mem + NPAGES * pagesize, pagesize);
+	ret = madvise(mem, span, MADV_UNMERGEABLE);
+	err = errno;
+	items = ksm_stat_field("ksm_rmap_items");
+	merging = ksm_stat_field("ksm_merging_pages");
+	cands_left = read_long("/sys/kernel/mm/upm/candidates") - candidates;
+	ksft_print_msg("%s: %ld pages merged; MADV_UNMERGEABLE %s; then %ld+%ld merged, ",
+		       hole ? "with a hole" : "without a hole", merged,
+		       ret ? strerror(err) : "0",
+		       ksm_pages_in(mem, NPAGES), ksm_pages_in(tail, NPAGES));
+	printf("ksm_rmap_items %ld, ksm_merging_pages %ld, candidates %+ld\n",
+	       items, merging, cands_left);
+	fflush(stdout);
+	if (merged != 2 * (NPAGES - 4) || (hole ? ret != -1 || err != ENOMEM : ret))
+		return 1;
+	return ksm_pages_in(mem, NPAGES) || ksm_pages_in(tail, NPAGES) ||
+	       items || merging || cands_left ||
+	       !same_as(mem, NPAGES - 4, 8) || !same_as(tail, NPAGES - 4, 8) ? 2 : 0;
+}
+
+/*
+ * MADV_UNMERGEABLE over a range with a hole fails with ENOMEM, as madvise
+ * documents, yet the mapped parts are unmerged: UPM's clean-up of them must
+ * happen too, as for a range without holes.
+ */
+static void test_unmergeable_hole(void)
+{
+	int status[2];
+
+	for (int hole = 0; hole < 2; hole++) {
+		pid_t pid;
+
+		fflush(stdout);
+		pid = fork();
+		if (!pid)
+			_exit(unmerge_span_child(hole));
+		waitpid(pid, &status[hole], 0);
+	}
+	ksft_test_result(WIFEXITED(status[0]) && !WEXITSTATUS(status[0]) &&
+			 WIFEXITED(status[1]) && !WEXITSTATUS(status[1]),
+			 "MADV_UNMERGEABLE over a hole cleans up the mapped parts\n");
+}
+
+/*
+ * While /sys/kernel/mm/ksm/run is 2, KSM unmerges every KSM page: UPM must
+ * not make new ones. MADV_UPM_MERGE fails with EBUSY and merges nothing;
+ * once run leaves 2, advising again merges.
+ */
+static void test_run_unmerge(void)
+{
+	char *a = map_filled(NPAGES, 10), *b = map_filled(NPAGES, 10);
+	int ra, rb, ea, eb;
+	long during, after;
+
+	write_str("/sys/kernel/mm/ksm/run", "2");
+	ra = madvise(a, NPAGES * pagesize, upm_advice);
+	ea = errno;
+	rb = madvise(b, NPAGES * pagesize, upm_advice);
+	eb = errno;
+	during = ksm_pages_in(a, NPAGES) + ksm_pages_in(b, NPAGES);
+	write_str("/sys/kernel/mm/ksm/run", "0");
+	madvise(a, NPAGES * pagesize, upm_advice);
+	madvise(b, NPAGES * pagesize, upm_advice);
+	after = ksm_pages_in(a, NPAGES) + ksm_pages_in(b, NPAGES);
+	ksft_print_msg("run=2: madvise %s, %s; %ld pages merged; run=0: %ld merged\n",
+		       ra ? strerror(ea) : "0", rb ? strerror(eb) : "0",
+		       during, after);
+	ksft_test_result(ra == -1 && ea == EBUSY && rb == -1 && eb == EBUSY &&
+			 during == 0 && after == 2 * NPAGES &&
+			 same_as(a, NPAGES, 10) && same_as(b, NPAGES, 10),
+			 "no merge while ksm/run is 2 (EBUSY)\n");
+	munmap(a, NPAGES * pagesize);
+	munmap(b, NPAGES * pagesize);
+}
+
 static void test_errors(void)
 {
 	char *mem = map_filled(4, 5), *shared;
@@ -420,12 +531,14 @@ int main(int argc, char **argv)
 	write_str("/sys/kernel/mm/ksm/run", "0");
 	atexit(restore_ksm_run);
 
-	ksft_set_plan(6);
+	ksft_set_plan(8);
 	test_merge_across_fork();
 	test_fork_of_merged();
 	test_exit_while_shared();
 	test_unmergeable();
 	test_errors();
+	test_unmergeable_hole();
+	test_run_unmerge();
 	test_fork_keeps_domain();
 	ksft_finished();
 }
