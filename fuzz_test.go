@@ -414,9 +414,18 @@ func FuzzArena(f *testing.F) {
 						require.Zero(t, uintptr(unsafe.Pointer(&s[0]))%8)
 					}
 				}
+				// A zero-size type takes no room, but a closed or
+				// sealed arena refuses it all the same.
 				e, err := ArenaSlice[struct{}](a, arg)
-				require.NoError(t, err)
-				require.Len(t, e, arg)
+				switch {
+				case closed:
+					require.ErrorIs(t, err, ErrClosed)
+				case sealed:
+					require.ErrorIs(t, err, ErrSealed)
+				default:
+					require.NoError(t, err)
+					require.Len(t, e, arg)
+				}
 				_, err = ArenaSlice[*int](a, arg)
 				require.Error(t, err, "pointers in arena memory")
 			case 3: // Seal
