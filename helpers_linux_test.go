@@ -243,7 +243,7 @@ func runPrivilegesDropped(t *testing.T, name string) (runBody bool) {
 	require.NoError(t, err)
 	// The build directory is root's alone: copy the binary where nobody
 	// can execute it.
-	dir, err := os.MkdirTemp("", "upm-dropped-")
+	dir, err := os.MkdirTemp(execDirForAll(t), "upm-dropped-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.Chmod(dir, 0o755))
@@ -261,6 +261,48 @@ func runPrivilegesDropped(t *testing.T, name string) (runBody bool) {
 	require.NoError(t, err, "%s failed as an unprivileged user", name)
 	require.Contains(t, string(out), "--- PASS: "+name, "%s did not run as an unprivileged user", name)
 	return false
+}
+
+// execDirForAll returns a directory in which a file that anyone may execute
+// can be run by anyone: every directory on its path may be searched by
+// others, and its file system is not mounted noexec. The temporary
+// directory is the first choice; a test directory of the caller's (0700, as
+// the VM rig's test runner makes them) or a noexec /tmp is not.
+func execDirForAll(t *testing.T) string {
+	t.Helper()
+	var reasons []string
+	for _, dir := range []string{os.TempDir(), "/tmp", "/var/tmp", "/dev/shm", "/"} {
+		if reason := notExecForAll(dir); reason != "" {
+			reasons = append(reasons, reason)
+			continue
+		}
+		return dir
+	}
+	t.Fatalf("no directory where an unprivileged user may execute a copy of the test binary: %s", strings.Join(reasons, "; "))
+	return ""
+}
+
+// notExecForAll says why others cannot execute files in dir, or "".
+func notExecForAll(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Sprintf("%s: %v", dir, err)
+	}
+	if st.Flags&unix.ST_NOEXEC != 0 {
+		return dir + " is mounted noexec"
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Sprintf("%s: %v", d, err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Sprintf("%s (on the way to %s) is %v: others cannot search it", d, dir, fi.Mode().Perm())
+		}
+		if d == "/" {
+			return ""
+		}
+	}
 }
 
 // readLine reads one line from r, without its newline.

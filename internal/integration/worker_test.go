@@ -48,6 +48,22 @@ import (
 // "sparse" (touch only even pages), "zero" (shared part left as written zeros).
 const workerEnv = "UPM_INTEGRATION_WORKER"
 
+// openGuestRoot lets every user search the guest's root directory, as on any
+// installed system. The initramfs records its root with the mode of the
+// host's build directory, 0700, so that a process that gave up root (the
+// library's permission tests drop to uid 65534) could exec nothing.
+func openGuestRoot() {
+	fi, err := os.Stat("/")
+	if err != nil || fi.Mode().Perm()&0o005 == 0o005 {
+		return
+	}
+	if err := os.Chmod("/", fi.Mode().Perm()|0o755); err != nil {
+		fmt.Fprintf(os.Stderr, "guest root is %v and stays so: %v\n", fi.Mode().Perm(), err)
+		return
+	}
+	fmt.Printf("guest root was %v: made it searchable by all (0755)\n", fi.Mode().Perm())
+}
+
 func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) == "1" {
 		os.Exit(runWorker(os.Stdin, os.Stdout))
@@ -59,6 +75,9 @@ func TestMain(m *testing.M) {
 	}
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
+	}
+	if os.Getenv("VMTEST_IN_GUEST") == "1" {
+		openGuestRoot()
 	}
 	leaks, err := startKmemleak()
 	if err != nil {
