@@ -40,7 +40,9 @@ var pageSize = os.Getpagesize()
 // When the kernel may have advised part of b before it failed (ENOMEM: the
 // mapped parts are advised, and merged by UPM; EINVAL: the mappings before
 // the one UPM refused; EAGAIN, EINTR, ErrLimit: all of b is advised, and
-// merged up to where the kernel stopped), Advise returns a Region together
+// merged up to where the kernel stopped; EBUSY: all of b is advised and
+// nothing merged, as KSM is unmerging everything (ksm/run is 2): advise again
+// once run has left 2), Advise returns a Region together
 // with the error. It owns that advice: keep it, as what merged is saved
 // memory, or Unadvise it; its Status reports StatePartial. When nothing was
 // advised the Region is nil.
