@@ -5,6 +5,7 @@ package upm
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -37,14 +38,7 @@ type Diagnosis struct {
 }
 
 // Has reports whether the diagnosis has a finding with the given code.
-func (d Diagnosis) Has(code string) bool {
-	for _, f := range d.Findings {
-		if f.Code == code {
-			return true
-		}
-	}
-	return false
-}
+func (d Diagnosis) Has(code string) bool { return hasCode(d.Findings, code) }
 
 // MergeDomain is the merge domain of a process on a UPM kernel: the nearest
 // cgroup at or above its own that carries MergeDomainXattr, or else its own
@@ -112,14 +106,7 @@ type RegionDiagnosis struct {
 }
 
 // Has reports whether the diagnosis has a finding with the given code.
-func (d RegionDiagnosis) Has(code string) bool {
-	for _, f := range d.Findings {
-		if f.Code == code {
-			return true
-		}
-	}
-	return false
-}
+func (d RegionDiagnosis) Has(code string) bool { return hasCode(d.Findings, code) }
 
 // DiagnoseRegion examines the memory mappings that hold b, and says whether
 // its whole pages can be merged: not if they are shared mappings, hugetlb
@@ -187,4 +174,9 @@ func formatBytes(n int64) string {
 		i++
 	}
 	return strings.TrimSuffix(strconv.FormatFloat(f, 'f', 1, 64), ".0") + " " + units[i]
+}
+
+// hasCode reports whether one of findings has the given code.
+func hasCode(findings []Finding, code string) bool {
+	return slices.ContainsFunc(findings, func(f Finding) bool { return f.Code == code })
 }
