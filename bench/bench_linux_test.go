@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,14 +24,11 @@ func TestMain(m *testing.M) {
 	// The harness itself advises nothing; each instance gets its own
 	// UPM_BACKEND.
 	os.Setenv("UPM_BACKEND", "none")
-	// In the guest the rig cannot pass -test.timeout, -test.count or
-	// -test.benchtime; they come through the environment.
+	// In the guest the rig cannot pass -test.timeout or -test.benchtime;
+	// they come through the environment.
 	flag.Parse()
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
-	}
-	if v := os.Getenv("UPM_BENCH_COUNT"); v != "" {
-		_ = flag.Set("test.count", v)
 	}
 	if flag.Lookup("test.benchtime").Value.String() == "1s" {
 		_ = flag.Set("test.benchtime", "1x")
@@ -68,20 +66,18 @@ func options(tb testing.TB) Options {
 	return o
 }
 
-// rounds counts the calls of BenchmarkDensity: -count N calls it N times,
-// and each call is one round of every configuration.
-var rounds int
-
 // measured holds each round's results, so that a sub-benchmark measures once
-// even if the testing package calls it again with a larger b.N.
+// even if the testing package calls it again (a larger b.N, or -count).
 var measured = map[string]*Result{}
 
 // BenchmarkDensity starts N instances of the imageclass function under each
 // configuration and reports their memory and the cost of deduplicating it.
 // Each sub-benchmark measures once; its b.N loop does nothing (run it with
-// -benchtime 1x, and -count for rounds). Within a round, every N runs each
-// configuration, in an order that rotates from round to round, so that no
-// configuration always runs first or on a machine its predecessor warmed.
+// -benchtime 1x). Repetitions are rounds (UPM_BENCH_COUNT), not -count,
+// which would repeat each sub-benchmark back to back: in every round, every
+// N runs each configuration, in an order that rotates from round to round,
+// so that no configuration always runs first or on a machine its
+// predecessor warmed.
 func BenchmarkDensity(b *testing.B) {
 	o := options(b)
 	if o.Function == "" {
@@ -97,38 +93,38 @@ func BenchmarkDensity(b *testing.B) {
 			b.Errorf("restoring the system: %v", err)
 		}
 	}()
-	rounds++
-	round := rounds
 	configs := h.Configs()
 	report.Configs = configs
-	for _, n := range o.N {
-		for i := range configs {
-			cfg := configs[(i+round-1)%len(configs)]
-			b.Run(fmt.Sprintf("config=%s/n=%d", cfg.Name, n), func(b *testing.B) {
-				if reason := h.SkipReason(cfg); reason != "" {
-					note := cfg.Name + ": " + reason
-					if len(report.Skipped) == 0 || report.Skipped[len(report.Skipped)-1] != note {
-						report.Skipped = append(report.Skipped, note)
+	for round := 1; round <= o.Rounds; round++ {
+		for _, n := range o.N {
+			for i := range configs {
+				cfg := configs[(i+round-1)%len(configs)]
+				b.Run(fmt.Sprintf("config=%s/n=%d", cfg.Name, n), func(b *testing.B) {
+					if reason := h.SkipReason(cfg); reason != "" {
+						note := cfg.Name + ": " + reason
+						if !slices.Contains(report.Skipped, note) {
+							report.Skipped = append(report.Skipped, note)
+						}
+						b.Skip(reason)
 					}
-					b.Skip(reason)
-				}
-				key := fmt.Sprintf("%s#%d", b.Name(), round)
-				r, ok := measured[key]
-				if !ok {
-					r, err = h.Measure(cfg, n, round)
-					if err != nil {
-						b.Fatal(err)
+					key := fmt.Sprintf("%s/n=%d#%d", cfg.Name, n, round)
+					r, ok := measured[key]
+					if !ok {
+						r, err = h.Measure(cfg, n, round)
+						if err != nil {
+							b.Fatal(err)
+						}
+						measured[key] = r
+						report.Results = append(report.Results, r)
 					}
-					measured[key] = r
-					report.Results = append(report.Results, r)
-				}
-				for range b.N {
-					// One measurement whatever b.N: see above.
-				}
-				for _, m := range report.Figures(r).metrics() {
-					b.ReportMetric(m.v, m.unit)
-				}
-			})
+					for range b.N {
+						// One measurement whatever b.N: see above.
+					}
+					for _, m := range report.Figures(r).metrics() {
+						b.ReportMetric(m.v, m.unit)
+					}
+				})
+			}
 		}
 	}
 }

@@ -30,6 +30,12 @@ func TestParseCounts(t *testing.T) {
 }
 
 func TestOptionsFromEnv(t *testing.T) {
+	// The guest's environment carries the run's own UPM_BENCH_* settings.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "UPM_BENCH_") {
+			t.Setenv(k, "")
+		}
+	}
 	t.Setenv("VMTEST_IN_GUEST", "")
 	t.Setenv("UPM_MODEL_DIR", "")
 	t.Setenv("UPM_RESULTS_DIR", "")
@@ -59,12 +65,15 @@ func TestOptionsFromEnv(t *testing.T) {
 	assert.Equal(t, "/model", o.ModelDir)
 	assert.EqualValues(t, 512<<20, o.Budget)
 
+	assert.Equal(t, 1, o.Rounds)
+	t.Setenv("UPM_BENCH_COUNT", "3")
 	t.Setenv("UPM_BENCH_CONFIGS", "none, upm")
 	t.Setenv("UPM_BENCH_STEADY", "3s")
 	t.Setenv("UPM_BENCH_FUNCTION", "/bin/imageclass")
 	o, err = OptionsFromEnv("/repo/bench")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"none", "upm"}, o.Configs)
+	assert.Equal(t, 3, o.Rounds)
 	assert.Equal(t, 3*time.Second, o.Steady)
 	assert.Equal(t, "/bin/imageclass", o.Function)
 	h := &Harness{Opts: o}
@@ -78,6 +87,10 @@ func TestOptionsFromEnv(t *testing.T) {
 	_, err = OptionsFromEnv("/repo/bench")
 	assert.ErrorContains(t, err, "UPM_BENCH_KSM_WAIT")
 	t.Setenv("UPM_BENCH_KSM_WAIT", "")
+	t.Setenv("UPM_BENCH_COUNT", "0")
+	_, err = OptionsFromEnv("/repo/bench")
+	assert.ErrorContains(t, err, "UPM_BENCH_COUNT")
+	t.Setenv("UPM_BENCH_COUNT", "")
 	t.Setenv("UPM_BENCH_CLASSIFY", "all")
 	_, err = OptionsFromEnv("/repo/bench")
 	assert.ErrorContains(t, err, "UPM_BENCH_CLASSIFY")

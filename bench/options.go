@@ -32,6 +32,9 @@ type Options struct {
 	Function string
 	// N are the instance counts (UPM_BENCH_N, "1,2,4,8,16").
 	N []int
+	// Rounds is how many times every configuration is measured at every
+	// N (UPM_BENCH_COUNT).
+	Rounds int
 	// Configs, if set, limits the run to the named configurations
 	// (UPM_BENCH_CONFIGS, comma-separated).
 	Configs []string
@@ -67,6 +70,7 @@ func OptionsFromEnv(pkgDir string) (Options, error) {
 		ResultsDir:   os.Getenv("UPM_RESULTS_DIR"),
 		Function:     os.Getenv("UPM_BENCH_FUNCTION"),
 		N:            []int{1, 2, 4, 8, 16},
+		Rounds:       1,
 		KSMWait:      120 * time.Second,
 		Settle:       2 * time.Second,
 		Steady:       5 * time.Second,
@@ -99,6 +103,13 @@ func OptionsFromEnv(pkgDir string) (Options, error) {
 		n, err := parseCounts(v)
 		errs = append(errs, err)
 		o.N = n
+	}
+	if v := os.Getenv("UPM_BENCH_COUNT"); v != "" {
+		r, err := strconv.Atoi(v)
+		if err != nil || r <= 0 {
+			errs = append(errs, fmt.Errorf("UPM_BENCH_COUNT=%q: want a positive number of rounds", v))
+		}
+		o.Rounds = r
 	}
 	if v := os.Getenv("UPM_BENCH_CONFIGS"); v != "" {
 		for _, c := range strings.Split(v, ",") {

@@ -308,7 +308,7 @@ func (rep *Report) writeMarkdown(path string, figs []Figures) error {
 		rounds = max(rounds, f.Round)
 	}
 	fmt.Fprintf(&b, "# Density of the imageclass function\n\n")
-	fmt.Fprintf(&b, "Generated %s by `go test -bench Density -count %d ./bench` (in guest: %t).\n\n", time.Now().UTC().Format(time.RFC3339), rounds, o.InGuest)
+	fmt.Fprintf(&b, "Generated %s by `UPM_BENCH_COUNT=%d go test -bench Density -benchtime 1x ./bench` (in guest: %t).\n\n", time.Now().UTC().Format(time.RFC3339), rounds, o.InGuest)
 	fmt.Fprintf(&b, "Each instance is the `imageclass` command (its HTTP server, default GOMAXPROCS) and decodes %.1f MiB of face-model weights, advised when the backend merges. ", float64(rep.ModelSize)/mib)
 	fmt.Fprintf(&b, "%d rounds, configurations interleaved within each round; figures are medians with (min–max) over the rounds. KSM wait cap %v, ksmd steady window %v, memory sampled every %v, merged pages every %v.\n\n", rounds, o.KSMWait, o.Steady, o.Sample, max(o.Sample/5, 10*time.Millisecond))
 	if len(figs) > 0 {
