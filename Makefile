@@ -56,7 +56,7 @@ guest-tests:
 	# run guided inside the guest (TestLibraryFuzz); ordinary tests run as usual.
 	CGO_ENABLED=0 $(GO) test -c -fuzz=. -o $(UPM_LIBRARY_TESTS) .
 
-test-vm: kernel guest-tests deps-vm deps-vm
+test-vm: kernel guest-tests deps-vm
 	@mkdir -p $(BUILD)/results/plain
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(BUILD)/results/plain \
 		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
