@@ -212,10 +212,6 @@ func (t *tailBuffer) String() string {
 	return string(t.b)
 }
 
-// sampleFace is the face in sample2.jpg that face-api's tiny face detector
-// finds (see examples/imageclass/classifier's tests).
-var sampleFace = image.Rect(1402, 173, 1402+277, 173+264)
-
 // sampleFaceImage returns the face of sample2.jpg in modelDir.
 func sampleFaceImage(modelDir string) (image.Image, error) {
 	f, err := os.Open(filepath.Join(modelDir, "sample2.jpg"))
@@ -233,5 +229,5 @@ func sampleFaceImage(modelDir string) (image.Image, error) {
 	if !ok {
 		return nil, fmt.Errorf("sample2.jpg decodes to a %T, which cannot be cropped", img)
 	}
-	return sub.SubImage(sampleFace), nil
+	return sub.SubImage(classifier.Sample2Face), nil
 }

@@ -41,8 +41,8 @@
 //
 // A request to check that an instance answers correctly, cheaply enough under
 // emulation (the density benchmark sends it): the face of sample2.jpg, the
-// rectangle image.Rect(1402, 173, 1402+277, 173+264) of
-// build/model/sample2.jpg encoded as PNG, sent as
+// rectangle classifier.Sample2Face of build/model/sample2.jpg encoded as PNG,
+// sent as
 //
 //	POST /classify?input_size=128&max_faces=1&models=face_expression_model
 //

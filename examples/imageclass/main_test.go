@@ -92,7 +92,7 @@ func benchImage(t *testing.T, dir string) []byte {
 	require.NoError(t, err)
 	sub := img.(interface {
 		SubImage(image.Rectangle) image.Image
-	}).SubImage(image.Rect(1402, 173, 1402+277, 173+264))
+	}).SubImage(classifier.Sample2Face)
 	var b bytes.Buffer
 	require.NoError(t, png.Encode(&b, sub))
 	return b.Bytes()

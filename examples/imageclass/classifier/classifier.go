@@ -31,6 +31,12 @@ import (
 	"github.com/upm-project/upm"
 )
 
+// Sample2Face is the box face-api's tiny face detector finds around the face
+// in sample2.jpg, one of the photos fetch-model.sh fetches, rounded down as
+// the classifier crops it: the tests, the imageclass command's check request
+// and the density benchmark all classify this crop.
+var Sample2Face = image.Rect(1402, 173, 1402+277, 173+264)
+
 // Models are the models Load loads by default, all that Classify uses.
 var Models = []string{detectorModel, expressionModel, ageGenderModel, landmarkModel, recognitionModel}
 
