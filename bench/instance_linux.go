@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"image"
 	"image/png"
 	"io"
 	"net/http"
@@ -117,7 +116,7 @@ type request struct {
 func classifyRequest(mode, modelDir string) (*request, error) {
 	switch mode {
 	case "", "face":
-		face, err := sampleFaceImage(modelDir)
+		face, err := classifier.Sample2FaceImage(modelDir)
 		if err != nil {
 			return nil, err
 		}
@@ -210,24 +209,4 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.b)
-}
-
-// sampleFaceImage returns the face of sample2.jpg in modelDir.
-func sampleFaceImage(modelDir string) (image.Image, error) {
-	f, err := os.Open(filepath.Join(modelDir, "sample2.jpg"))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	img, err := classifier.Decode(f)
-	if err != nil {
-		return nil, err
-	}
-	sub, ok := img.(interface {
-		SubImage(image.Rectangle) image.Image
-	})
-	if !ok {
-		return nil, fmt.Errorf("sample2.jpg decodes to a %T, which cannot be cropped", img)
-	}
-	return sub.SubImage(classifier.Sample2Face), nil
 }

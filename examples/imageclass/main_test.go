@@ -85,14 +85,8 @@ func testServer(t *testing.T, m *classifier.Model, set func(*limits)) *server {
 // of sample2.jpg, cropped as face-api's detector boxes it, as PNG.
 func benchImage(t *testing.T, dir string) []byte {
 	t.Helper()
-	f, err := os.Open(filepath.Join(dir, "sample2.jpg"))
+	sub, err := classifier.Sample2FaceImage(dir)
 	require.NoError(t, err)
-	defer f.Close()
-	img, err := classifier.Decode(f)
-	require.NoError(t, err)
-	sub := img.(interface {
-		SubImage(image.Rectangle) image.Image
-	}).SubImage(classifier.Sample2Face)
 	var b bytes.Buffer
 	require.NoError(t, png.Encode(&b, sub))
 	return b.Bytes()

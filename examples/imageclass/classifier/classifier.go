@@ -24,6 +24,8 @@ import (
 	_ "image/png"  // and PNG ones
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 	"unsafe"
@@ -36,6 +38,27 @@ import (
 // the classifier crops it: the tests, the imageclass command's check request
 // and the density benchmark all classify this crop.
 var Sample2Face = image.Rect(1402, 173, 1402+277, 173+264)
+
+// Sample2FaceImage decodes sample2.jpg in dir (the model directory) and
+// returns its Sample2Face crop.
+func Sample2FaceImage(dir string) (image.Image, error) {
+	f, err := os.Open(filepath.Join(dir, "sample2.jpg"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	img, err := Decode(f)
+	if err != nil {
+		return nil, err
+	}
+	sub, ok := img.(interface {
+		SubImage(image.Rectangle) image.Image
+	})
+	if !ok {
+		return nil, fmt.Errorf("sample2.jpg decodes to a %T, which cannot be cropped", img)
+	}
+	return sub.SubImage(Sample2Face), nil
+}
 
 // Models are the models Load loads by default, all that Classify uses.
 var Models = []string{detectorModel, expressionModel, ageGenderModel, landmarkModel, recognitionModel}

@@ -4,7 +4,6 @@
 package classifier_test
 
 import (
-	"image"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,15 +163,8 @@ func TestClassifyFace(t *testing.T) {
 	m, err := classifier.Load(dir, nil)
 	require.NoError(t, err)
 	defer m.Close()
-	f, err := os.Open(filepath.Join(dir, "sample2.jpg"))
+	sub, err := classifier.Sample2FaceImage(dir)
 	require.NoError(t, err)
-	defer f.Close()
-	img, err := classifier.Decode(f)
-	require.NoError(t, err)
-	// The box face-api's detector finds, rounded down as it crops.
-	sub := img.(interface {
-		SubImage(image.Rectangle) image.Image
-	}).SubImage(classifier.Sample2Face)
 	face, err := m.ClassifyFace(sub, "face_expression_model", "age_gender_model")
 	require.NoError(t, err)
 	assert.Equal(t, "sad", face.Expression)
