@@ -103,6 +103,11 @@ func TestLibraryFuzz(t *testing.T) {
 				"-test.fuzzcachedir="+dir+"/cache")
 			cmd.Dir = dir // a failing input goes to testdata/fuzz here
 			out, err := cmd.CombinedOutput()
+			if err != nil && fuzzShutdownRace(string(out), dir, target) {
+				t.Logf("%s: ignoring Go's fuzztime shutdown race (go.dev/issue/75804, fixed in Go 1.27): "+
+					"the only error is the coordinator's own deadline and no failing input was written", target)
+				err = nil
+			}
 			require.NoError(t, err, "%s -test.fuzz=%s:\n%s", bin, target, out)
 			progress := regexp.MustCompile(`(?m)^fuzz: elapsed: .*execs: .*$`).FindAllString(string(out), -1)
 			if len(progress) == 0 {
@@ -121,4 +126,41 @@ func TestLibraryFuzz(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fuzzShutdownRace reports whether a fuzzing run that exited with an error
+// failed only on Go 1.26's race between the -fuzztime deadline and a worker
+// still busy with an input (go.dev/issue/75804): the coordinator then
+// reports its own "context deadline exceeded" as the target's failure. Under
+// TCG, where one FuzzAdvise input can take a second, the race is common. A
+// real finding always writes its input to testdata/fuzz/TARGET and prints
+// where; a crashed worker or a failed seed prints something else. Only a
+// run with neither, whose one failure line is the deadline, is the race.
+func fuzzShutdownRace(out, dir, target string) bool {
+	if strings.Contains(out, "Failing input written to") {
+		return false
+	}
+	if entries, err := os.ReadDir(dir + "/testdata/fuzz/" + target); err == nil && len(entries) > 0 {
+		return false
+	}
+	failure := regexp.MustCompile(`(?m)^--- FAIL: ` + regexp.QuoteMeta(target) + ` \([0-9.]+s\)\n\s+context deadline exceeded\nFAIL\z`)
+	return failure.MatchString(strings.TrimRight(out, "\n"))
+}
+
+func TestFuzzShutdownRace(t *testing.T) {
+	dir := t.TempDir()
+	progress := "fuzz: elapsed: 1m0s, execs: 4436 (0/sec), new interesting: 28 (total: 58)\n"
+	race := progress + "--- FAIL: FuzzAdvise (60.26s)\n    context deadline exceeded\nFAIL\n"
+	assert.True(t, fuzzShutdownRace(race, dir, "FuzzAdvise"), "the race as CI printed it")
+	assert.False(t, fuzzShutdownRace(race, dir, "FuzzArena"), "another target's failure line")
+	crash := progress + "--- FAIL: FuzzAdvise (3.10s)\n    --- FAIL: FuzzAdvise (0.00s)\n        fuzz_test.go:99: merged content changed\n" +
+		"    Failing input written to testdata/fuzz/FuzzAdvise/0123abcd\nFAIL\n"
+	assert.False(t, fuzzShutdownRace(crash, dir, "FuzzAdvise"), "a finding")
+	worker := progress + "--- FAIL: FuzzAdvise (12.00s)\n    fuzzing process hung or terminated unexpectedly: exit status 2\nFAIL\n"
+	assert.False(t, fuzzShutdownRace(worker, dir, "FuzzAdvise"), "a crashed worker")
+	trailing := race + "panic: something after the deadline\n"
+	assert.False(t, fuzzShutdownRace(trailing, dir, "FuzzAdvise"), "more output after the deadline line")
+	require.NoError(t, os.MkdirAll(dir+"/testdata/fuzz/FuzzAdvise", 0o755))
+	require.NoError(t, os.WriteFile(dir+"/testdata/fuzz/FuzzAdvise/0123abcd", []byte("go test fuzz v1\n"), 0o644))
+	assert.False(t, fuzzShutdownRace(race, dir, "FuzzAdvise"), "an input written without the message")
 }
