@@ -40,16 +40,21 @@ type Diagnosis struct {
 // Has reports whether the diagnosis has a finding with the given code.
 func (d Diagnosis) Has(code string) bool { return hasCode(d.Findings, code) }
 
-// MergeDomain is the merge domain of a process on a UPM kernel: the nearest
-// cgroup at or above its own that carries MergeDomainXattr, or else its own
-// cgroup. The UPM kernel merges pages only within one domain.
+// MergeDomain is the merge domain of a process on a UPM kernel: named by
+// the nearest cgroup at or above its own that carries MergeDomainXattr, or
+// else its own cgroup. The UPM kernel merges pages only within one domain.
 type MergeDomain struct {
-	// Cgroup is the domain's cgroup directory, such as
-	// "/sys/fs/cgroup/fn-imageclass"; empty when unknown (no cgroup v2).
+	// Cgroup is the marked cgroup directory, or the process's own when
+	// none is marked, such as "/sys/fs/cgroup/fn-imageclass"; empty when
+	// unknown (no cgroup v2).
 	Cgroup string
 	// Marked reports whether Cgroup carries MergeDomainXattr; when false
 	// the domain is the process's own cgroup.
 	Marked bool
+	// Name is the domain's name, the mark's value: every cgroup marked
+	// with it is in the domain. Empty when not Marked, or when the mark is
+	// no valid name (then the domain is Cgroup's subtree alone).
+	Name string
 	// MarkKnown reports whether the marks could be read: trusted.*
 	// attributes read as absent without CAP_SYS_ADMIN, so without it
 	// Cgroup is the process's own cgroup and a marked ancestor would go

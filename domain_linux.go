@@ -18,7 +18,7 @@ import (
 // upmAdvicePath is where the kernel says it has UPM; tests move it.
 var upmAdvicePath = sysUPMAdvice
 
-func sysMarkMergeDomain(dir string) error {
+func sysMarkMergeDomain(dir, name string) error {
 	if err := checkCgroup2(dir); err != nil {
 		return err
 	}
@@ -27,8 +27,8 @@ func sysMarkMergeDomain(dir string) error {
 	if _, err := readAdvice(upmAdvicePath); err != nil && conclusive(err) {
 		return fmt.Errorf("upm: mark %s as a merge domain: the kernel has no UPM (%v), so nothing would honour the mark: %w", dir, err, ErrUnsupported)
 	}
-	if err := unix.Setxattr(dir, MergeDomainXattr, []byte("1"), 0); err != nil {
-		return fmt.Errorf("upm: mark %s as a merge domain: %w", dir, err)
+	if err := unix.Setxattr(dir, MergeDomainXattr, []byte(name), 0); err != nil {
+		return fmt.Errorf("upm: mark %s as merge domain %q: %w", dir, name, err)
 	}
 	return nil
 }
@@ -90,8 +90,15 @@ func readMergeDomain(root, cgroupFile string) MergeDomain {
 	// answer an answer.
 	d.MarkKnown = hasCapability(capSysAdmin)
 	for dir := own; ; dir = filepath.Dir(dir) {
-		if _, err := unix.Getxattr(dir, MergeDomainXattr, nil); err == nil {
+		name := make([]byte, MaxMergeDomainName+1)
+		n, err := unix.Getxattr(dir, MergeDomainXattr, name)
+		if err == nil || errors.Is(err, unix.ERANGE) {
 			d.Cgroup, d.Marked, d.MarkKnown = dir, true, true
+			// The kernel's rule: a value that is no name makes the
+			// marked subtree a domain of its own.
+			if err == nil && CheckMergeDomainName(string(name[:n])) == nil {
+				d.Name = string(name[:n])
+			}
 			break
 		}
 		if dir == root || len(dir) <= len(root) {
@@ -142,8 +149,10 @@ func domainFindings(d MergeDomain) []Finding {
 	}
 	which := "its own cgroup " + d.Cgroup + " (no cgroup at or above it carries " + MergeDomainXattr + ")"
 	switch {
+	case d.Marked && d.Name != "":
+		which = fmt.Sprintf("%q, named by the mark on %s", d.Name, d.Cgroup)
 	case d.Marked:
-		which = "the marked cgroup " + d.Cgroup
+		which = "the marked cgroup " + d.Cgroup + " (its mark is no domain name, so its subtree alone)"
 	case !d.MarkKnown:
 		which = "its own cgroup " + d.Cgroup + ", unless root marked a cgroup above it, which this process cannot see without CAP_SYS_ADMIN"
 	}

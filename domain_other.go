@@ -7,7 +7,7 @@ package upm
 
 import "fmt"
 
-func sysMarkMergeDomain(dir string) error {
+func sysMarkMergeDomain(dir, name string) error {
 	return fmt.Errorf("upm: mark %s as a merge domain: %w", dir, ErrUnsupported)
 }
 

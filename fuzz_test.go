@@ -557,7 +557,7 @@ func FuzzParseNumbers(f *testing.F) {
 			require.Zero(t, advice)
 		}
 
-		d, err := readNumberDir(dir)
+		d, err := readNumberDir(dir, "")
 		require.NoError(t, err)
 		if n, perr := strconv.ParseUint(strings.TrimSpace(text), 10, 64); perr == nil {
 			require.Equal(t, n, d.values["advice"])
@@ -584,5 +584,33 @@ func FuzzParseNumbers(f *testing.F) {
 			require.ErrorIs(t, det.err, ErrUnsupported)
 		}
 		_ = diagnose(det, sysFiles{ksmDir: dir, kpageflags: file}, nil).String()
+	})
+}
+
+// FuzzParseDomainStats feeds the parser of /sys/kernel/mm/upm/domains any
+// text: it must not panic, and what it accepts must round-trip through the
+// kernel's format.
+func FuzzParseDomainStats(f *testing.F) {
+	f.Add("# domain processes pages_shared pages_sharing candidates index_bytes\nname:fn 2 1 1 0 8256\ncgroup:77 1 0 0 3 8448\n")
+	f.Add("name: 1 2 3 4 5\n")
+	f.Add("cgroup:18446744073709551616 0 0 0 0 0")
+	f.Add("#\n\n\nname:a/b 0 0 0 0 0")
+	f.Fuzz(func(t *testing.T, text string) {
+		domains, err := parseDomainStats(text)
+		if err != nil {
+			return
+		}
+		var b strings.Builder
+		for _, d := range domains {
+			if d.Name != "" {
+				fmt.Fprintf(&b, "name:%s", d.Name)
+			} else {
+				fmt.Fprintf(&b, "cgroup:%d", d.CgroupID)
+			}
+			fmt.Fprintf(&b, " %d %d %d %d %d\n", d.Processes, d.PagesShared, d.PagesSharing, d.Candidates, d.IndexBytes)
+		}
+		again, err := parseDomainStats(b.String())
+		require.NoError(t, err)
+		require.Equal(t, domains, again)
 	})
 }

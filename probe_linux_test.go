@@ -75,7 +75,7 @@ func TestMarkMergeDomainWithoutUPM(t *testing.T) {
 	}
 	// The root cgroup: were the mark set, the whole machine would be one
 	// domain; without UPM nothing may be set at all.
-	err := MarkMergeDomain(sysCgroupRoot)
+	err := MarkMergeDomain(sysCgroupRoot, "everyone")
 	_, xerr := unix.Getxattr(sysCgroupRoot, MergeDomainXattr, nil)
 	assert.Error(t, xerr, "the mark was set")
 	require.ErrorIs(t, err, ErrUnsupported)

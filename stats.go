@@ -124,6 +124,40 @@ type UPMStats struct {
 	// Values holds every file of the directory whose content is one
 	// unsigned decimal number, by file name, the above included.
 	Values map[string]uint64
+	// Domains are the figures of each merge domain the kernel holds
+	// anything for, from /sys/kernel/mm/upm/domains. Only root can read
+	// them (domain names are tenants' data): without the privilege, or
+	// on a kernel without per-domain statistics, Domains is nil and
+	// DomainsReadable false.
+	Domains         []DomainStats
+	DomainsReadable bool
+}
+
+// DomainStats are one merge domain's figures on a UPM kernel.
+type DomainStats struct {
+	// Name is the domain's name (see MarkMergeDomain); empty for a domain
+	// that is the subtree of one cgroup, whose cgroup ID (the inode number
+	// of its directory in the cgroup v2 file system) is CgroupID.
+	Name     string
+	CgroupID uint64
+	// Processes is the number of processes whose last Advise merged in
+	// this domain.
+	Processes uint64
+	// PagesShared is the number of the domain's merged pages in use and
+	// PagesSharing the number of sites that share them beyond the first:
+	// the pages saved.
+	PagesShared  uint64
+	PagesSharing uint64
+	// Candidates is the number of the domain's advised pages waiting for
+	// a twin, and IndexBytes the memory of its index and candidates.
+	Candidates uint64
+	IndexBytes uint64
+}
+
+// SavedBytes returns the memory merging saves in the domain, PagesSharing
+// pages.
+func (d DomainStats) SavedBytes() int64 {
+	return int64(d.PagesSharing) * int64(pageSize)
 }
 
 // ReadSystemStats returns the state of KSM and UPM in the kernel. It returns

@@ -78,7 +78,7 @@ func systemStats() (SystemStats, error) {
 	var s SystemStats
 	var errs []error
 
-	ksm, err := readNumberDir(sysKSMDir)
+	ksm, err := readNumberDir(sysKSMDir, "")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
 	}
@@ -100,7 +100,7 @@ func systemStats() (SystemStats, error) {
 		}
 	}
 
-	upm, err := readNumberDir(sysUPMDir)
+	upm, err := readNumberDir(sysUPMDir, sysUPMDomains)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
 	}
@@ -120,6 +120,15 @@ func systemStats() (SystemStats, error) {
 			CallTime:          time.Duration(v["call_time_ns"]),
 			Values:            v,
 		}
+		domains, err := readDomainStats(filepath.Join(sysUPMDir, sysUPMDomains))
+		switch {
+		case err == nil:
+			s.UPM.Domains, s.UPM.DomainsReadable = domains, true
+		case errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrNotExist):
+			// Root only, or a kernel without per-domain statistics.
+		default:
+			errs = append(errs, err)
+		}
 	}
 
 	if !s.KSM.Present && !s.UPM.Present && len(errs) == 0 {
@@ -137,10 +146,10 @@ type numberDir struct {
 	signed map[string]int64  // files holding a signed number
 }
 
-// readNumberDir reads every regular file of dir that holds one decimal number.
-// It returns what it could read and an error for the files it could not; it
-// returns nil and the error if dir itself cannot be read.
-func readNumberDir(dir string) (*numberDir, error) {
+// readNumberDir reads every regular file of dir but skip that holds one
+// decimal number. It returns what it could read and an error for the files it
+// could not; it returns nil and the error if dir itself cannot be read.
+func readNumberDir(dir, skip string) (*numberDir, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -148,7 +157,7 @@ func readNumberDir(dir string) (*numberDir, error) {
 	d := &numberDir{values: make(map[string]uint64), signed: make(map[string]int64)}
 	var errs []error
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
+		if !e.Type().IsRegular() || e.Name() == skip {
 			continue
 		}
 		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
@@ -165,4 +174,62 @@ func readNumberDir(dir string) (*numberDir, error) {
 		}
 	}
 	return d, errors.Join(errs...)
+}
+
+// sysUPMDomains is the UPM kernel's per-domain statistics file in sysUPMDir.
+const sysUPMDomains = "domains"
+
+// readDomainStats reads the kernel's per-domain statistics file.
+func readDomainStats(path string) ([]DomainStats, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	domains, err := parseDomainStats(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return domains, nil
+}
+
+// parseDomainStats parses the lines of /sys/kernel/mm/upm/domains: a
+// "# ..." header naming the columns, then per domain "name:NAME" or
+// "cgroup:ID" and six numbers.
+func parseDomainStats(text string) ([]DomainStats, error) {
+	domains := []DomainStats{}
+	for i, line := range strings.Split(text, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 6 {
+			return nil, fmt.Errorf("line %d: %d fields, want 6: %q", i+1, len(f), line)
+		}
+		var d DomainStats
+		kind, id, _ := strings.Cut(f[0], ":")
+		switch kind {
+		case "name":
+			if err := CheckMergeDomainName(id); err != nil {
+				return nil, fmt.Errorf("line %d: %w", i+1, err)
+			}
+			d.Name = id
+		case "cgroup":
+			n, err := strconv.ParseUint(id, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: cgroup ID: %w", i+1, err)
+			}
+			d.CgroupID = n
+		default:
+			return nil, fmt.Errorf("line %d: domain %q is neither name: nor cgroup:", i+1, f[0])
+		}
+		for j, p := range []*uint64{&d.Processes, &d.PagesShared, &d.PagesSharing, &d.Candidates, &d.IndexBytes} {
+			n, err := strconv.ParseUint(f[j+1], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: field %d: %w", i+1, j+2, err)
+			}
+			*p = n
+		}
+		domains = append(domains, d)
+	}
+	return domains, nil
 }

@@ -92,7 +92,7 @@ func TestReadNumberDir(t *testing.T) {
 	}
 	require.NoError(t, os.Mkdir(filepath.Join(dir, "subdir"), 0o755))
 
-	d, err := readNumberDir(dir)
+	d, err := readNumberDir(dir, "")
 	require.NoError(t, err)
 	assert.Equal(t, map[string]uint64{
 		"pages_merged_new":      12,
@@ -102,7 +102,7 @@ func TestReadNumberDir(t *testing.T) {
 	assert.Equal(t, int64(-8192), d.signed["general_profit"])
 	assert.Equal(t, 1500*time.Microsecond, time.Duration(d.values["call_time_ns"]))
 
-	_, err = readNumberDir(filepath.Join(dir, "missing"))
+	_, err = readNumberDir(filepath.Join(dir, "missing"), "")
 	assert.Error(t, err)
 }
 
@@ -114,7 +114,47 @@ func TestReadNumberDirPermission(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "pages_merged_new"), []byte("12\n"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "secret"), []byte("1\n"), 0o000))
-	d, err := readNumberDir(dir)
+	d, err := readNumberDir(dir, "")
 	assert.ErrorContains(t, err, "secret: permission denied")
 	assert.Equal(t, uint64(12), d.values["pages_merged_new"], "readable files are lost with one unreadable")
+}
+
+func TestReadNumberDirSkips(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "candidates"), []byte("3\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "domains"), []byte("7\n"), 0o644))
+	d, err := readNumberDir(dir, "domains")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]uint64{"candidates": 3}, d.values)
+}
+
+func TestParseDomainStats(t *testing.T) {
+	text := "# domain processes pages_shared pages_sharing candidates index_bytes\n" +
+		"name:default/imageclass 16 9000 135000 2 8512\n" +
+		"cgroup:4242 1 0 0 12 9024\n"
+	domains, err := parseDomainStats(text)
+	require.NoError(t, err)
+	assert.Equal(t, []DomainStats{
+		{Name: "default/imageclass", Processes: 16, PagesShared: 9000, PagesSharing: 135000, Candidates: 2, IndexBytes: 8512},
+		{CgroupID: 4242, Processes: 1, Candidates: 12, IndexBytes: 9024},
+	}, domains)
+	assert.Equal(t, int64(135000*4096), domains[0].SavedBytes())
+
+	empty, err := parseDomainStats("# domain processes pages_shared pages_sharing candidates index_bytes\n")
+	require.NoError(t, err)
+	assert.Empty(t, empty)
+	assert.NotNil(t, empty, "no domains is an answer, not a missing one")
+
+	for _, bad := range []string{
+		"name:fn 1 2 3 4\n",                      // a field short
+		"name:fn 1 2 3 4 5 6\n",                  // one too many
+		"tenant:fn 1 2 3 4 5\n",                  // neither name: nor cgroup:
+		"cgroup:x 1 2 3 4 5\n",                   // not a number
+		"name:two words 1 2 3 4 5\n",             // not a name
+		"name:fn 1 2 -3 4 5\n",                   // negative
+		"name:fn 1 2 3 4 99999999999999999999\n", // overflow
+	} {
+		_, err := parseDomainStats(bad)
+		assert.Error(t, err, "%q", bad)
+	}
 }

@@ -292,7 +292,7 @@ func setupCgroups() (*cgroups, error) {
 	// All instances run the same function: one merge domain, as a
 	// platform would mark it. Without the mark the UPM kernel would keep
 	// each instance's cgroup to itself.
-	if err := upm.MarkMergeDomain(parent); err != nil {
+	if err := upm.MarkMergeDomain(parent, "upm-bench/imageclass"); err != nil {
 		return nil, err
 	}
 	return &cgroups{parent: parent}, nil

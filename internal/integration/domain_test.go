@@ -89,7 +89,8 @@ func (w *worker) ksmStat(field string) int64 {
 }
 
 // TestUPMMergeDomains proves the tenant isolation: identical pages advised
-// in two merge domains become two KSM pages, one per domain; the same pages
+// in two merge domains become two unrelated KSM pages, one per domain, each
+// in its domain's own stable tree (no chain links them); the same pages
 // within a domain, each process in a cgroup of its own below the marked
 // parent, are merged at once; processes in unmarked sibling cgroups (the
 // default) share nothing; and ksmd, merging the same content for processes
@@ -102,7 +103,7 @@ func TestUPMMergeDomains(t *testing.T) {
 		"upmdomains/solo0", "upmdomains/solo1")
 	base := filepath.Join(root, "upmdomains")
 	for _, tenant := range []string{"a", "b"} {
-		require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, tenant)))
+		require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, tenant), t.Name()+"/"+tenant))
 	}
 	before := readUPM(t)
 
@@ -118,8 +119,8 @@ func TestUPMMergeDomains(t *testing.T) {
 	c := readKSM(t)
 	assert.Equal(t, 2*shared, c.shared, "one KSM page per page per domain: %s", c)
 	assert.Equal(t, 2*shared, c.sharing, "%s", c)
-	assert.Equal(t, shared, readCounter(t, ksmDir, "stable_node_chains"), "each content is one chain")
-	assert.Equal(t, 2*shared, readCounter(t, ksmDir, "stable_node_dups"), "with one dup per domain")
+	assert.Zero(t, readCounter(t, ksmDir, "stable_node_chains"), "a stable tree per domain: no chains across domains")
+	assert.Zero(t, readCounter(t, ksmDir, "stable_node_dups"))
 	assert.Equal(t, int64(4*shared), readUPM(t).sub(before).mergedNew, "each domain's second instance pairs with its first")
 	for _, ws := range tenants {
 		for _, w := range ws {
@@ -169,7 +170,7 @@ func TestUPMMergeDomains(t *testing.T) {
 	}
 	c = readKSM(t)
 	assert.Equal(t, 3*shared, c.shared, "ksmd made KSM pages of its own: %s", c)
-	assert.Equal(t, 3*shared, readCounter(t, ksmDir, "stable_node_dups"))
+	assert.Zero(t, readCounter(t, ksmDir, "stable_node_dups"), "ksmd's KSM pages are in KSM's own tree")
 	for _, w := range tenants["b"] {
 		assert.Equal(t, shared, w.mustInt("stat"), "UPM's pages keep their sharers only")
 	}
@@ -187,6 +188,120 @@ func TestUPMMergeDomains(t *testing.T) {
 
 	for _, w := range append(append(tenants["a"], tenants["b"]...), solo...) {
 		w.must("check")
+		w.exit()
+	}
+}
+
+// TestUPMPageLimitUnmapCycles is a process that advises fresh mappings and
+// unmaps the old ones, as a function reloading its model does: advising ten
+// times max_pages_per_process in all must never fail with ENOSPC, because
+// the bookkeeping of what it unmapped goes when it reaches the limit. (ksmd
+// used to free it in its next pass; it no longer walks UPM's processes, and
+// with ksmd stopped nothing ever did.)
+func TestUPMPageLimitUnmapCycles(t *testing.T) {
+	upmTest(t)
+	const pages, limit = 200, 300
+	knob := filepath.Join(upmDir, "max_pages_per_process")
+	old, err := os.ReadFile(knob)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.WriteFile(knob, old, 0) })
+	require.NoError(t, os.WriteFile(knob, []byte(strconv.Itoa(limit)), 0))
+	advice := strconv.FormatInt(readCounter(t, upmDir, "advice"), 10)
+
+	w := startWorker(t)
+	for cycle := 0; cycle < 10*limit/pages; cycle++ {
+		w.must("map %d 0 9", pages)
+		require.Equal(t, "0", w.must("madvise %s 0 %d", advice, pages), "cycle %d", cycle)
+		w.must("check")
+		w.must("unmap 0 %d", pages)
+		assert.LessOrEqual(t, w.ksmStat("ksm_rmap_items"), int64(limit), "cycle %d", cycle)
+	}
+	w.exit()
+}
+
+// worldReadable reads every world-readable counter of KSM's and UPM's sysfs
+// directories: what any tenant can see. call_time_ns is left out: it is the
+// time of everyone's calls, a clock rather than a count.
+func worldReadable(t *testing.T) map[string]int64 {
+	t.Helper()
+	counters := map[string]int64{}
+	for _, dir := range []string{ksmDir, upmDir} {
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			info, err := e.Info()
+			require.NoError(t, err)
+			if info.Mode()&0o004 == 0 || e.Name() == "call_time_ns" {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			require.NoError(t, err)
+			if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
+				counters[filepath.Base(dir)+"/"+e.Name()] = v
+			}
+		}
+	}
+	return counters
+}
+
+// TestUPMDomainOracle is the attack merge domains exist to stop: a tenant
+// advises two pages of a guessed content in its own domain and reads every
+// file it can, to learn whether another domain holds that content. What it
+// sees must be the same whether the victim holds the guess or not. Each
+// domain has a stable tree of its own; with one shared tree, the victim's KSM
+// page would become a chain beside the prober's (stable_node_chains and
+// stable_node_dups grow only when the guess is right).
+func TestUPMDomainOracle(t *testing.T) {
+	upmTest(t)
+	pages := int(sized(256))
+	const secret, other = 100, 200
+	root := cgroupV2Root(t)
+	makeCgroups(t, root, "upmoracle/victim/0", "upmoracle/victim/1", "upmoracle/prober/0", "upmoracle/prober/1")
+	base := filepath.Join(root, "upmoracle")
+	for _, tenant := range []string{"victim", "prober"} {
+		require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, tenant), t.Name()+"/"+tenant))
+	}
+
+	var victims []*worker
+	for i := 0; i < 2; i++ {
+		w := startWorker(t)
+		w.moveTo(filepath.Join(base, "victim", strconv.Itoa(i)))
+		w.must("map 0 %d %d", pages, secret)
+		require.Equal(t, "upm", w.must("advise 0 %d", pages))
+		victims = append(victims, w)
+	}
+	require.Equal(t, int64(pages), victims[0].mustInt("stat"), "the victim's pages are merged")
+
+	// probe advises the guess in two prober instances and returns what
+	// every world-readable counter and the probers' own ksm_stat moved by.
+	probe := func(guess int) map[string]int64 {
+		before := worldReadable(t)
+		var probers []*worker
+		for i := 0; i < 2; i++ {
+			w := startWorker(t)
+			w.moveTo(filepath.Join(base, "prober", strconv.Itoa(i)))
+			w.must("map 0 %d %d", pages, guess)
+			require.Equal(t, "upm", w.must("advise 0 %d", pages))
+			probers = append(probers, w)
+		}
+		seen := worldReadable(t)
+		for k, v := range before {
+			seen[k] -= v
+		}
+		for i, w := range probers {
+			seen[fmt.Sprintf("prober%d/ksm_merging_pages", i)] = w.mustInt("stat")
+			seen[fmt.Sprintf("prober%d/ksm_rmap_items", i)] = w.ksmStat("ksm_rmap_items")
+			w.must("check")
+			w.exit()
+		}
+		return seen
+	}
+	held, notHeld := probe(secret), probe(other)
+	assert.Equal(t, int64(pages), held["ksm/pages_shared"], "the probers merged their own pages")
+	assert.Equal(t, notHeld, held, "what a tenant sees must not depend on whether another domain holds its guess")
+	for _, w := range victims {
+		w.must("check")
+		assert.Equal(t, int64(pages), w.mustInt("stat"), "the victim's pages stay merged among themselves")
 		w.exit()
 	}
 }
@@ -240,6 +355,84 @@ func TestUPMPageLimit(t *testing.T) {
 	require.Equal(t, "0", a.must("madvise %s 0 %d", advice, pages))
 	assert.Equal(t, int64(pages), a.ksmStat("ksm_rmap_items"))
 	for _, w := range []*worker{a, b} {
+		w.must("check")
+		w.exit()
+	}
+}
+
+// domainLine finds a domain's entry in the kernel's per-domain statistics.
+func domainLine(t *testing.T, domains []upm.DomainStats, name string) upm.DomainStats {
+	t.Helper()
+	for _, d := range domains {
+		if d.Name == name {
+			return d
+		}
+	}
+	t.Fatalf("no domain %q in %+v", name, domains)
+	return upm.DomainStats{}
+}
+
+// TestUPMNamedDomains checks that the mark's value names the domain:
+// instances in two separate subtrees marked with one name share, as a
+// Kubernetes platform needs for the pods of one function; a third with
+// another name shares with neither; an unmarked cgroup is a domain of its
+// own, named by its cgroup ID. It reads the figures of each in the root-only
+// /sys/kernel/mm/upm/domains through upm.ReadSystemStats.
+func TestUPMNamedDomains(t *testing.T) {
+	upmTest(t)
+	shared := sized(512)
+	root := cgroupV2Root(t)
+	makeCgroups(t, root, "upmnamed/podA/fn", "upmnamed/podB/fn", "upmnamed/podC/fn", "upmnamed/solo")
+	base := filepath.Join(root, "upmnamed")
+	name, other := t.Name()+"/fn", t.Name()+"/other"
+	require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, "podA"), name), "a marked parent")
+	require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, "podB", "fn"), name), "a marked leaf elsewhere")
+	require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, "podC"), other))
+
+	var ws []*worker
+	for _, cg := range []string{"podA/fn", "podB/fn", "podC/fn", "solo"} {
+		w := startWorker(t)
+		w.moveTo(filepath.Join(base, cg))
+		w.must("map %d 0 7", shared)
+		require.Equal(t, "upm", w.must("advise 0 %d", shared))
+		ws = append(ws, w)
+	}
+	assert.Equal(t, shared, ws[0].mustInt("stat"), "podA shares with podB: one name")
+	assert.Equal(t, shared, ws[1].mustInt("stat"))
+	assert.Zero(t, ws[2].mustInt("stat"), "podC's other name shares with nobody")
+	assert.Zero(t, ws[3].mustInt("stat"), "an unmarked cgroup is its own domain")
+	assert.Equal(t, 2*shared, readUPM(t).candidates, "podC and solo wait as candidates")
+
+	st, err := upm.ReadSystemStats()
+	require.NoError(t, err)
+	require.True(t, st.UPM.DomainsReadable, "root reads the domains file")
+	d := domainLine(t, st.UPM.Domains, name)
+	assert.Equal(t, upm.DomainStats{Name: name, Processes: 2, PagesShared: uint64(shared), PagesSharing: uint64(shared), IndexBytes: d.IndexBytes}, d)
+	o := domainLine(t, st.UPM.Domains, other)
+	assert.Equal(t, uint64(1), o.Processes)
+	assert.Equal(t, uint64(shared), o.Candidates)
+	assert.Zero(t, o.PagesShared)
+	var solo []upm.DomainStats
+	for _, d := range st.UPM.Domains {
+		if d.Name == "" && d.Candidates == uint64(shared) && d.Processes == 1 {
+			solo = append(solo, d)
+		}
+	}
+	require.Len(t, solo, 1, "the unmarked cgroup's domain: %+v", st.UPM.Domains)
+	var cg unix.Stat_t
+	require.NoError(t, unix.Stat(filepath.Join(base, "solo"), &cg))
+	assert.Equal(t, cg.Ino, solo[0].CgroupID, "an unnamed domain is its cgroup's ID, the directory's inode number")
+
+	// Domain names are tenants' data: root only.
+	info, err := os.Stat(filepath.Join(upmDir, "domains"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o400), info.Mode().Perm())
+
+	// Renaming podC's domain moves its next advise: it joins the others.
+	require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, "podC"), name))
+	require.Equal(t, "upm", ws[2].must("advise 0 %d", shared))
+	assert.Equal(t, shared, ws[2].mustInt("stat"), "podC merges into the named domain's pages")
+	for _, w := range ws {
 		w.must("check")
 		w.exit()
 	}

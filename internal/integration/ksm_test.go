@@ -7,10 +7,14 @@ package integration
 
 import (
 	"fmt"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // TestKSMFallbackMerges checks the KSM backend end to end on a stock kernel
@@ -66,4 +70,75 @@ func TestKSMFallbackMerges(t *testing.T) {
 		c := readKSM(t)
 		return c.shared == 0 && c.sharing == 0, c.String()
 	})
+}
+
+// TestUPMKsmdPassesUPMBy runs ksmd at its most aggressive beside processes
+// that used UPM and whose merged pages were reclaimed to swap: ksmd must
+// leave their rmap_items alone. (ksmd used to walk UPM memory and free the
+// rmap_item of every page it did not find present, so swapped-out KSM pages
+// lost their bookkeeping and counters.) Then the processes exit while
+// ksmd runs, and nothing of theirs may outlive them (upmTest): no rmap_item,
+// candidate, stable node or merge domain.
+func TestUPMKsmdPassesUPMBy(t *testing.T) {
+	upmTest(t)
+	pages := sized(1024)
+	swapOnZram(t, 256<<20)
+	cg := memoryCgroup(t, "upmksmd", 1<<30)
+
+	var ws []*worker
+	for i := 0; i < 2; i++ {
+		w := startWorker(t)
+		w.moveTo(cg)
+		w.must("map %d 0 7", pages)
+		require.Equal(t, "upm", w.must("advise 0 %d", pages))
+		ws = append(ws, w)
+	}
+	items := ws[0].ksmStat("ksm_rmap_items")
+	require.Equal(t, pages, items, "one rmap_item per advised page")
+	require.Equal(t, pages, ws[0].mustInt("stat"))
+
+	// Push the merged pages out to swap. One write at a time, not
+	// os.WriteFile: Go restarts a write that a signal interrupted
+	// (EINTR), and a restarted memory.reclaim starts its work over, which
+	// under TCG never ends. A write fails with EAGAIN when it reclaimed
+	// less than asked; what counts is that the KSM pages went, which the
+	// workers' page tables tell (pages two processes map and use go
+	// last).
+	present := func() int64 {
+		return ws[0].mustInt("ksmpages 0 %d", pages) + ws[1].mustInt("ksmpages 0 %d", pages)
+	}
+	for try := 0; try < 20 && present() > pages; try++ {
+		fd, err := unix.Open(filepath.Join(cg, "memory.reclaim"), unix.O_WRONLY, 0)
+		require.NoError(t, err)
+		_, err = unix.Write(fd, []byte(strconv.FormatInt(4*pages*pageSize, 10)))
+		require.NoError(t, unix.Close(fd))
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			t.Fatalf("memory.reclaim: %v", err)
+		}
+	}
+	require.LessOrEqual(t, present(), pages, "most of the merged pages went to swap")
+	t.Logf("memory.swap.current after memory.reclaim: %d kB", readCounter(t, cg, "memory.swap.current")>>10)
+
+	setKSM(t, map[string]string{"run": "1", "pages_to_scan": "10000", "sleep_millisecs": "1"})
+	start := readCounter(t, ksmDir, "full_scans")
+	eventually(t, time.Minute, "two full scans of ksmd", func() (bool, string) {
+		n := readCounter(t, ksmDir, "full_scans")
+		return n >= start+2, fmt.Sprintf("full_scans=%d", n)
+	})
+	for i, w := range ws {
+		assert.Equal(t, items, w.ksmStat("ksm_rmap_items"), "worker %d: ksmd freed rmap_items of a UPM process", i)
+		assert.Equal(t, pages, w.mustInt("stat"), "worker %d: ksm_merging_pages", i)
+	}
+	for _, w := range ws {
+		w.must("check")
+		w.exit()
+	}
+	// Exits while ksmd runs at full speed.
+	for i := 0; i < 4; i++ {
+		w := startWorker(t)
+		w.moveTo(cg)
+		w.must("map %d 0 7", pages)
+		require.Equal(t, "upm", w.must("advise 0 %d", pages))
+		w.exit()
+	}
 }

@@ -51,6 +51,10 @@ func upmTest(t *testing.T) {
 		c := readKSM(t)
 		assert.Equal(t, ksmCounters{}, c, "KSM counters after every process exited: %s", c)
 		assert.Zero(t, readCounter(t, upmDir, "candidates"), "UPM candidates after every process exited")
+		// A merge domain lives while a KSM page or candidate of its own
+		// does: none may outlive them.
+		domains, _ := os.ReadFile(upmDir + "/domains")
+		assert.Zero(t, readCounter(t, upmDir, "index_bytes"), "UPM's merge domains after every process exited:\n%s", domains)
 	})
 }
 

@@ -12,15 +12,19 @@
  *
  * What is indexed
  * ---------------
- * Each present anonymous page of an advised range is looked up, in order:
+ * Everything UPM indexes belongs to a merge domain (see below), a struct
+ * upm_domain with a stable tree and a candidate index of its own. Each
+ * present anonymous page of an advised range is looked up, in order:
  *
- *  1. in KSM's stable tree (stable_tree_search()): an existing KSM page with
- *     the same content, made by UPM or by ksmd. The page is merged into it
+ *  1. in its domain's stable tree (stable_tree_search() with
+ *     upm_merge_domain set): an existing KSM page with the same content made
+ *     by UPM in this domain. The page is merged into it
  *     (try_to_merge_with_ksm_page() + stable_tree_append()).
- *  2. in UPM's candidate index: a hash table, keyed by KSM's page checksum,
- *     of pages advised earlier that had no twin yet. A candidate is the
- *     page's own KSM rmap_item (mm, address), flagged UPM_CANDIDATE_FLAG and
- *     linked through rmap_item->hlist, with the checksum in ->oldchecksum.
+ *  2. in its domain's candidate index: a hash table, keyed by KSM's page
+ *     checksum, of pages advised earlier that had no twin yet. A candidate is
+ *     the page's own KSM rmap_item (mm, address), flagged UPM_CANDIDATE_FLAG
+ *     and linked through rmap_item->hlist, with the checksum in
+ *     ->oldchecksum and its domain in ->upm_domain.
  *     Like a node of KSM's unstable tree it does not pin the page: on a hash
  *     match the candidate's page is looked up again through its mm, compared
  *     in full, and the two pages become a new KSM page
@@ -28,12 +32,15 @@
  *     unstable-tree pages.
  *  3. otherwise the page becomes a candidate itself.
  *
- * The index has no fixed capacity: its bucket array doubles when it holds
- * more candidates than buckets, and its memory is reported in index_bytes.
- * Merged pages are ordinary KSM pages on KSM's stable tree with rmap_items on
- * their stable nodes, so rmap walks, swap, migration, compaction, fork,
- * MADV_UNMERGEABLE and KSM's counters work on them unchanged. Candidates are
- * counted in KSM's pages_unshared, as unstable-tree pages are.
+ * An index has no fixed capacity: its bucket array, charged to the memory
+ * cgroup of the caller that sized it, doubles when it holds more candidates
+ * than buckets and halves when it holds fewer than a quarter; the memory of
+ * all domains is reported in index_bytes. Merged pages are ordinary KSM pages
+ * with rmap_items on their stable nodes, in a stable tree that KSM's own
+ * paths find through the node (stable_tree_root()), so rmap walks, swap,
+ * migration, compaction, memory offline, fork, MADV_UNMERGEABLE, run = 2 and
+ * KSM's counters work on them unchanged. Candidates are counted in KSM's
+ * pages_unshared, as unstable-tree pages are.
  *
  * When a page changes
  * -------------------
@@ -50,8 +57,10 @@
  *
  *  - ksm_thread_mutex is held while UPM works on one batch of at most
  *    UPM_BATCH pages. It serialises UPM with ksmd and with other UPM callers
- *    over rmap_lists, both trees, the candidate index and the counters. It is
- *    a sleeping lock; UPM holds no spinlock across anything that sleeps.
+ *    over rmap_lists, all stable trees, the domains and their candidate
+ *    indexes, and the counters. It is a sleeping lock; UPM holds no spinlock
+ *    across anything that sleeps. Memory offline (ksm_check_stable_tree())
+ *    runs without it, while every holder waits in wait_while_offlining().
  *  - Lock order: ksm_thread_mutex -> mmap_lock -> folio lock -> page table
  *    lock, as in ksmd. madvise() first sets VM_MERGEABLE under the mmap write
  *    lock, drops it, and only then calls upm_merge_range(): like
@@ -84,45 +93,61 @@
  * rmap_items of the unmerged range at once (upm_unmerge_range()), of its
  * mapped parts even when it fails with -ENOMEM for a hole.
  *
- * ksmd leaves candidates alone (should_skip_rmap_item()): they are merged
- * through the index, and with ksmd off there is no other way anyway.
+ * ksmd passes mms that used UPM by without walking them
+ * (scan_get_next_rmap_item()): their candidates are merged through the
+ * index, their rmap_items are UPM's to free, and no pass of ksmd over their
+ * memory holds ksm_thread_mutex while an advise waits for it. An mm's first
+ * advise takes its items out of ksmd's unstable tree (upm_take_from_ksmd()).
  *
  * Merge domains
  * -------------
  * Sharing a page with another process tells each of them, through the time
  * a write takes (copy-on-write), whether the other holds the same content:
  * the memory deduplication side channel. So UPM merges a page only with
- * pages of the same merge domain. A caller's domain is the nearest cgroup,
- * on the default (v2) hierarchy, at or above its own that the administrator
- * marked with the UPM_DOMAIN_XATTR extended attribute (trusted.*: only
- * CAP_SYS_ADMIN can set it), or else the caller's own cgroup. Instances of
- * one function, each in its own cgroup under a marked parent, share; by
- * default, processes of different cgroups never do. The domain is the
- * cgroup's ID, which is never reused, and is looked up at each call.
+ * pages of the same merge domain. A caller's domain is named by the nearest
+ * cgroup, on the default (v2) hierarchy, at or above its own that the
+ * administrator marked with the UPM_DOMAIN_XATTR extended attribute
+ * (trusted.*: only CAP_SYS_ADMIN can set it): the attribute's value is the
+ * domain's name, shared by every cgroup marked with it, so that the
+ * instances of one function share wherever they sit (Kubernetes puts each
+ * pod in a cgroup of its own). A value that is no valid name makes the
+ * marked subtree a domain of its own, and without a mark the caller's own
+ * cgroup is its domain: by default, processes of different cgroups never
+ * share. An unnamed domain is its cgroup's ID, which is never reused. The
+ * domain is looked up at each call (struct upm_domain_key).
  *
- * A KSM page takes the domain it is made in (upm_merge_domain, set under
- * ksm_thread_mutex while UPM merges, 0 while ksmd does, is copied into each
- * new stable node). The stable tree treats a KSM page of another domain as
- * it treats a full one (__is_page_sharing_candidate()): identical content
- * in two domains becomes two KSM pages, dups in one stable_node chain, as
- * with max_page_sharing. Candidates of other domains are passed over in the
- * index. ksmd merges in domain 0 and leaves mms that used UPM alone, and
- * their children (upm_fork()), so a page merged by UPM is never shared with
- * a page ksmd merged.
+ * Each domain has its own stable tree and candidate index (struct
+ * upm_domain), so nothing one domain does is compared with, chained to or
+ * timed against another's pages: identical content in two domains becomes
+ * two unrelated KSM pages, and no counter, error or search time of one
+ * depends on what another holds. (When KSM's stable tree was shared, a
+ * tenant could advise two pages of a guess and watch stable_node_chains,
+ * world-readable, grow when some other domain held it.) A KSM page's stable
+ * node points to the domain whose tree holds it (upm_merge_domain, set under
+ * ksm_thread_mutex while UPM merges, NULL while ksmd does); ksmd's own KSM
+ * pages stay in KSM's root_stable_tree. ksmd leaves mms that used UPM alone,
+ * and their children (upm_fork()), so a page merged by UPM is never shared
+ * with a page ksmd merged. A domain lives while a stable node, a candidate
+ * or a call in progress holds a reference to it.
  *
  * Limits
  * ------
  * Every page UPM looks at costs an rmap_item (64 bytes), charged to the
- * caller's memory cgroup, and a candidate adds a slot to the index. An
- * rmap_item lives until its page is unmerged, its mm exits, or ksmd finds
- * its page gone: a process that advised, unmapped and advised again could
- * pile them up. So UPM keeps at most max_pages_per_process rmap_items per
- * mm (a quarter of RAM's pages by default; root can change it in sysfs); a
- * call that would need more ends with -ENOSPC, keeping what it merged.
+ * caller's memory cgroup, and a candidate adds a slot to its domain's index. An
+ * rmap_item lives until its page is unmerged or its mm exits (ksmd, which
+ * passes UPM's mms by, does not free them). So UPM keeps at most
+ * max_pages_per_process rmap_items per mm (a quarter of RAM's pages by
+ * default; root can change it in sysfs). An mm that reaches the limit first
+ * has the items of ranges it no longer maps freed (upm_prune_unmapped()):
+ * a process that advises fresh mappings and unmaps old ones never runs out.
+ * A call that would still need more ends with -ENOSPC, keeping what it
+ * merged.
  */
 
 #include <linux/cgroup.h>
+#include <linux/ctype.h>
 #include <linux/kernfs.h>
+#include <linux/stringhash.h>
 #include <linux/xattr.h>
 #include <linux/upm.h>
 
@@ -133,13 +158,57 @@
 #define UPM_MAX_HASH_BITS	30
 /* Marks a cgroup v2 directory as a merge domain for its whole subtree. */
 #define UPM_DOMAIN_XATTR	XATTR_TRUSTED_PREFIX "upm.domain"
+/* The longest domain name, the value of UPM_DOMAIN_XATTR. */
+#define UPM_DOMAIN_NAME_MAX	64
+
+/**
+ * struct upm_domain_key - what names a merge domain
+ * @cgroup_id: an unnamed domain's cgroup ID; 0 for a named domain
+ * @name_len: the length of @name, 0 for an unnamed domain
+ * @name: a named domain's name (not NUL-terminated)
+ */
+struct upm_domain_key {
+	u64 cgroup_id;
+	unsigned int name_len;
+	char name[UPM_DOMAIN_NAME_MAX];
+};
 
 /* Set by upm_init(); changed through sysfs. */
 static unsigned long upm_max_pages_per_process = ULONG_MAX;
 
-/* The candidate index: under ksm_thread_mutex. */
-static struct hlist_head *upm_buckets;
-static unsigned int upm_hash_bits;
+/**
+ * struct upm_domain - a merge domain's own stable tree and candidate index
+ * @key: its name or cgroup (upm_current_domain())
+ * @seq: a number no other domain has had since boot: what an mm_slot
+ *	records of its domain, so that a domain made again under the same
+ *	key is a different one
+ * @hash: link in upm_domains, by @key
+ * @refs: one per stable node in @stable_tree (chains and dups alike), per
+ *	candidate in @buckets, and per UPM call merging in it; freed at zero
+ * @buckets: the candidate index, by KSM checksum
+ * @hash_bits: log2 of the number of @buckets
+ * @nr_candidates: candidates in @buckets
+ * @stable_tree: one root per NUMA node, as KSM's root_stable_tree
+ *
+ * Everything here is under ksm_thread_mutex (or the exclusion of memory
+ * offline, which every holder of the mutex waits for).
+ */
+struct upm_domain {
+	struct upm_domain_key key;
+	u64 seq;
+	struct hlist_node hash;
+	unsigned long refs;
+	struct hlist_head *buckets;
+	unsigned int hash_bits;
+	unsigned long nr_candidates;
+	struct rb_root stable_tree[];
+};
+
+static DEFINE_HASHTABLE(upm_domains, 6);
+static unsigned long upm_nr_domains;
+static u64 upm_domain_seq;
+/* Bytes of all domains and their bucket arrays. */
+static unsigned long upm_domain_bytes;
 
 /* Counters: written under ksm_thread_mutex, read without it. */
 static unsigned long upm_pages_advised;
@@ -164,75 +233,270 @@ static inline bool upm_is_candidate(struct ksm_rmap_item *rmap_item)
 	return rmap_item->address & UPM_CANDIDATE_FLAG;
 }
 
-static struct hlist_head *upm_bucket(unsigned int checksum)
+static size_t upm_domain_size(void)
 {
-	return &upm_buckets[hash_32(checksum, upm_hash_bits)];
+	return struct_size_t(struct upm_domain, stable_tree, nr_node_ids);
 }
 
-static int upm_index_init(void)
+static size_t upm_buckets_size(unsigned int bits)
 {
-	if (upm_buckets)
-		return 0;
-	upm_buckets = kvcalloc(1UL << UPM_MIN_HASH_BITS, sizeof(*upm_buckets),
-			       GFP_KERNEL);
-	if (!upm_buckets)
-		return -ENOMEM;
-	upm_hash_bits = UPM_MIN_HASH_BITS;
-	return 0;
+	return sizeof(struct hlist_head) << bits;
+}
+
+static struct rb_root *upm_stable_tree(struct upm_domain *domain, int nid)
+{
+	return &domain->stable_tree[nid];
+}
+
+static void upm_domain_get(struct upm_domain *domain)
+{
+	domain->refs++;
+}
+
+static void upm_domain_put(struct upm_domain *domain)
+{
+	if (WARN_ON_ONCE(!domain->refs) || --domain->refs)
+		return;
+	hash_del(&domain->hash);
+	upm_nr_domains--;
+	upm_domain_bytes -= upm_domain_size() +
+			    upm_buckets_size(domain->hash_bits);
+	kvfree(domain->buckets);
+	kfree(domain);
+}
+
+static u64 upm_domain_key_hash(const struct upm_domain_key *key)
+{
+	if (key->name_len)
+		return full_name_hash(NULL, key->name, key->name_len);
+	return key->cgroup_id;
+}
+
+static bool upm_domain_key_equal(const struct upm_domain_key *a,
+				 const struct upm_domain_key *b)
+{
+	return a->cgroup_id == b->cgroup_id && a->name_len == b->name_len &&
+	       !memcmp(a->name, b->name, a->name_len);
 }
 
 /*
- * Keep at most one candidate per bucket on average. If the larger array
+ * The domain @key names, with a reference; made on first use, with its
+ * memory charged to the caller. NULL if memory is short.
+ */
+static struct upm_domain *upm_domain_get_by_key(const struct upm_domain_key *key)
+{
+	u64 hash = upm_domain_key_hash(key);
+	struct upm_domain *domain;
+
+	hash_for_each_possible(upm_domains, domain, hash, hash) {
+		if (upm_domain_key_equal(&domain->key, key)) {
+			upm_domain_get(domain);
+			return domain;
+		}
+	}
+	/* Zeroed: every stable tree root starts as RB_ROOT. */
+	domain = kzalloc(upm_domain_size(), GFP_KERNEL_ACCOUNT);
+	if (!domain)
+		return NULL;
+	domain->buckets = kvcalloc(1UL << UPM_MIN_HASH_BITS,
+				   sizeof(*domain->buckets), GFP_KERNEL_ACCOUNT);
+	if (!domain->buckets) {
+		kfree(domain);
+		return NULL;
+	}
+	domain->key = *key;
+	domain->seq = ++upm_domain_seq;
+	domain->hash_bits = UPM_MIN_HASH_BITS;
+	domain->refs = 1;
+	hash_add(upm_domains, &domain->hash, hash);
+	upm_nr_domains++;
+	upm_domain_bytes += upm_domain_size() +
+			    upm_buckets_size(domain->hash_bits);
+	return domain;
+}
+
+/*
+ * Called by remove_rmap_item_from_tree() when a UPM KSM page lost its last
+ * rmap_item. If nothing maps the page any more, its node goes now (as
+ * remove_stable_node() does for KSM's knobs). If something still does (a
+ * fork child maps its parent's KSM pages without rmap_items of its own),
+ * the node stays, an orphan, for upm_sweep_orphans() at an exit.
+ */
+static void upm_drop_stable_node(struct ksm_stable_node *stable_node)
+{
+	remove_stable_node(stable_node);
+}
+
+/*
+ * Remove what of @domain's stable trees no process maps any more: nodes
+ * without rmap_items (see upm_drop_stable_node()) and chains whose last
+ * dup went (ksm_get_folio() frees a stale dup but leaves its chain for a
+ * search to prune, and nobody may search this domain again). Called at
+ * every exit of a process of the domain, it costs a walk of the domain's
+ * nodes, a small part of what the exit itself does for each page.
+ */
+static void upm_sweep_orphans(struct upm_domain *domain)
+{
+	struct ksm_stable_node *node, *dup, *next;
+	struct hlist_node *tmp;
+	struct rb_node *rb;
+	int nid;
+
+	lockdep_assert_held(&ksm_thread_mutex);
+	upm_domain_get(domain);
+	for (nid = 0; nid < ksm_nr_node_ids; nid++) {
+		struct rb_root *root = upm_stable_tree(domain, nid);
+
+		/*
+		 * Each step erases at most the node it is at, which leaves
+		 * the successor taken beforehand in the tree.
+		 */
+		for (rb = rb_first(root); rb; ) {
+			node = rb_entry(rb, struct ksm_stable_node, node);
+			rb = rb_next(rb);
+			if (!is_stable_node_chain(node)) {
+				if (!node->rmap_hlist_len)
+					remove_stable_node(node);
+			} else {
+				hlist_for_each_entry_safe(dup, tmp, &node->hlist, hlist_dup)
+					if (!dup->rmap_hlist_len)
+						remove_stable_node(dup);
+				if (hlist_empty(&node->hlist))
+					free_stable_node_chain(node, root);
+			}
+			cond_resched();
+		}
+	}
+	list_for_each_entry_safe(node, next, &migrate_nodes, list) {
+		if (stable_node_domain(node) == domain && !node->rmap_hlist_len)
+			remove_stable_node(node);
+	}
+	upm_domain_put(domain);
+}
+
+/* The live domain an mm_slot's upm_domain names, or NULL. */
+static struct upm_domain *upm_domain_by_seq(u64 seq)
+{
+	struct upm_domain *domain;
+	int bkt;
+
+	hash_for_each(upm_domains, bkt, domain, hash)
+		if (domain->seq == seq)
+			return domain;
+	return NULL;
+}
+
+/* Called by remove_all_stable_nodes(): for run = 2 and KSM's knobs. */
+static int upm_remove_all_stable_nodes(void)
+{
+	struct upm_domain *domain;
+	struct hlist_node *next;
+	int bkt, nid, err = 0;
+
+	hash_for_each_safe(upm_domains, bkt, next, domain, hash) {
+		/* Its last stable node must not free it under our feet. */
+		upm_domain_get(domain);
+		for (nid = 0; nid < ksm_nr_node_ids; nid++)
+			if (remove_stable_tree(upm_stable_tree(domain, nid)))
+				err = -EBUSY;
+		upm_domain_put(domain);
+	}
+	return err;
+}
+
+#ifdef CONFIG_MEMORY_HOTREMOVE
+/* Called by ksm_check_stable_tree() when memory goes offline. */
+static void upm_check_stable_trees(unsigned long start_pfn,
+				   unsigned long end_pfn)
+{
+	struct upm_domain *domain;
+	struct hlist_node *next;
+	int bkt, nid;
+
+	hash_for_each_safe(upm_domains, bkt, next, domain, hash) {
+		upm_domain_get(domain);
+		for (nid = 0; nid < ksm_nr_node_ids; nid++)
+			check_stable_tree_range(upm_stable_tree(domain, nid),
+						start_pfn, end_pfn);
+		upm_domain_put(domain);
+	}
+}
+#endif /* CONFIG_MEMORY_HOTREMOVE */
+
+static struct hlist_head *upm_bucket(struct upm_domain *domain,
+				     unsigned int checksum)
+{
+	return &domain->buckets[hash_32(checksum, domain->hash_bits)];
+}
+
+/*
+ * Keep between a quarter of a candidate and one candidate per bucket on
+ * average, and at least 1 << UPM_MIN_HASH_BITS buckets. If the new array
  * cannot be had, the old one stays: chains get longer, answers stay right.
  */
-static void upm_index_grow(void)
+static void upm_index_resize(struct upm_domain *domain)
 {
-	unsigned int bits = upm_hash_bits + 1;
+	unsigned int bits = domain->hash_bits;
 	struct hlist_head *buckets;
 	unsigned long i;
 
-	if (upm_nr_candidates <= (1UL << upm_hash_bits) ||
-	    bits > UPM_MAX_HASH_BITS)
+	if (domain->nr_candidates > (1UL << bits) && bits < UPM_MAX_HASH_BITS)
+		bits++;
+	else if (domain->nr_candidates < (1UL << bits) / 4 &&
+		 bits > UPM_MIN_HASH_BITS)
+		bits--;
+	else
 		return;
 	buckets = kvcalloc(1UL << bits, sizeof(*buckets),
-			   GFP_KERNEL | __GFP_NOWARN);
+			   GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!buckets)
 		return;
-	for (i = 0; i < (1UL << upm_hash_bits); i++) {
+	for (i = 0; i < (1UL << domain->hash_bits); i++) {
 		struct ksm_rmap_item *rmap_item;
 		struct hlist_node *next;
 
-		hlist_for_each_entry_safe(rmap_item, next, &upm_buckets[i], hlist) {
+		hlist_for_each_entry_safe(rmap_item, next, &domain->buckets[i],
+					  hlist) {
 			hlist_del(&rmap_item->hlist);
 			hlist_add_head(&rmap_item->hlist,
 				       &buckets[hash_32(rmap_item->oldchecksum, bits)]);
 		}
 		cond_resched();
 	}
-	kvfree(upm_buckets);
-	upm_buckets = buckets;
-	upm_hash_bits = bits;
+	kvfree(domain->buckets);
+	upm_domain_bytes += upm_buckets_size(bits) -
+			    upm_buckets_size(domain->hash_bits);
+	domain->buckets = buckets;
+	domain->hash_bits = bits;
 }
 
-static void upm_add_candidate(struct ksm_rmap_item *rmap_item,
+static void upm_add_candidate(struct upm_domain *domain,
+			      struct ksm_rmap_item *rmap_item,
 			      unsigned int checksum)
 {
 	rmap_item->oldchecksum = checksum;
-	rmap_item->head = NULL;
+	rmap_item->upm_domain = domain;
+	upm_domain_get(domain);
 	rmap_item->address |= UPM_CANDIDATE_FLAG;
-	hlist_add_head(&rmap_item->hlist, upm_bucket(checksum));
+	hlist_add_head(&rmap_item->hlist, upm_bucket(domain, checksum));
+	domain->nr_candidates++;
 	upm_nr_candidates++;
 	ksm_pages_unshared++;
-	upm_index_grow();
+	upm_index_resize(domain);
 }
 
 /* Called by remove_rmap_item_from_tree() for a candidate. */
 static void upm_forget_candidate(struct ksm_rmap_item *rmap_item)
 {
+	struct upm_domain *domain = rmap_item->upm_domain;
+
 	hlist_del(&rmap_item->hlist);
 	rmap_item->address &= PAGE_MASK;
+	rmap_item->upm_domain = NULL;
+	domain->nr_candidates--;
 	upm_nr_candidates--;
 	ksm_pages_unshared--;
+	upm_domain_put(domain);
 }
 
 /*
@@ -298,7 +562,7 @@ static bool upm_mm_used(struct mm_struct *mm)
 	return used;
 }
 
-/* The merge domain of @mm's last MADV_UPM_MERGE; 0 if it never made one. */
+/* The seq of @mm's last MADV_UPM_MERGE's domain; 0 if it never made one. */
 static u64 upm_mm_domain(struct mm_struct *mm)
 {
 	struct mm_slot *slot;
@@ -313,16 +577,34 @@ static u64 upm_mm_domain(struct mm_struct *mm)
 }
 
 /*
- * The calling task's merge domain: the ID of the nearest cgroup at or above
- * the task's, on the default hierarchy, marked with UPM_DOMAIN_XATTR, or of
- * the task's own cgroup. Never 0, which is ksmd's.
+ * A domain name is what a platform puts into UPM_DOMAIN_XATTR: 1 to
+ * UPM_DOMAIN_NAME_MAX characters that need no quoting in the domains file.
  */
-static u64 upm_current_domain(void)
+static bool upm_valid_domain_name(const char *name, ssize_t len)
+{
+	ssize_t i;
+
+	if (len <= 0 || len > UPM_DOMAIN_NAME_MAX)
+		return false;
+	for (i = 0; i < len; i++)
+		if (!isalnum(name[i]) && !strchr("-_.:/@+=", name[i]))
+			return false;
+	return true;
+}
+
+/*
+ * The calling task's merge domain, on the default hierarchy: the nearest
+ * cgroup at or above the task's own that carries UPM_DOMAIN_XATTR names it:
+ * by the attribute's value, so that marked cgroups anywhere with one name
+ * share; or, if the value is no valid name, by that cgroup's ID. With no
+ * mark, the task's own cgroup is its domain.
+ */
+static void upm_current_domain(struct upm_domain_key *key)
 {
 #ifdef CONFIG_CGROUPS
 	struct cgroup *cgrp, *pos;
-	u64 domain;
 
+	memset(key, 0, sizeof(*key));
 	rcu_read_lock();
 	cgrp = task_dfl_cgroup(current);
 	cgroup_get(cgrp);
@@ -331,14 +613,27 @@ static u64 upm_current_domain(void)
 	 * kernfs_xattr_get() takes a mutex: walk with a reference instead of
 	 * under RCU. A cgroup holds a reference on its parent.
 	 */
-	for (pos = cgrp; pos; pos = cgroup_parent(pos))
-		if (kernfs_xattr_get(pos->kn, UPM_DOMAIN_XATTR, NULL, 0) >= 0)
+	for (pos = cgrp; pos; pos = cgroup_parent(pos)) {
+		ssize_t len = kernfs_xattr_get(pos->kn, UPM_DOMAIN_XATTR,
+					       key->name, sizeof(key->name));
+
+		if (len == -ENODATA)
+			continue;
+		if (upm_valid_domain_name(key->name, len)) {
+			key->name_len = len;
 			break;
-	domain = cgroup_id(pos ?: cgrp);
+		}
+		/* Too long (-ERANGE), empty or unprintable: this subtree. */
+		memset(key->name, 0, sizeof(key->name));
+		key->cgroup_id = cgroup_id(pos);
+		break;
+	}
+	if (!pos)
+		key->cgroup_id = cgroup_id(cgrp);
 	cgroup_put(cgrp);
-	return domain;
 #else
-	return 1;
+	memset(key, 0, sizeof(*key));
+	key->cgroup_id = 1;
 #endif
 }
 
@@ -348,12 +643,6 @@ static u64 upm_current_domain(void)
  * this never frees the items it passes: ksmd's cursor may point into them.
  * New items are charged to the caller's memory cgroup.
  *
- * ksmd frees the items it meets below the address it has reached in this
- * pass (ksm_scan.address), taking them for pages that went away. An item
- * UPM needs there is one for a page UPM is about to merge: so when it lies
- * between ksmd's cursor and ksm_scan.address, the cursor moves past it. The
- * items it skips that way are looked at again in ksmd's next pass.
- *
  * Return: the rmap_item; ERR_PTR(-ENOSPC) if the mm already has
  * max_pages_per_process of them, ERR_PTR(-EAGAIN) if memory is short.
  */
@@ -361,14 +650,10 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 					       struct ksm_rmap_item ***link,
 					       unsigned long addr)
 {
-	bool behind_ksmd = ksm_scan.mm_slot == mm_slot &&
-			 addr < ksm_scan.address;
-	bool passed_cursor = false;
 	struct ksm_rmap_item **pos = *link;
 	struct ksm_rmap_item *rmap_item;
 
 	for (;;) {
-		passed_cursor |= pos == ksm_scan.rmap_list;
 		rmap_item = *pos;
 		if (!rmap_item || (rmap_item->address & PAGE_MASK) >= addr)
 			break;
@@ -389,8 +674,6 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
 		rmap_item->rmap_list = *pos;
 		*pos = rmap_item;
 	}
-	if (behind_ksmd && passed_cursor)
-		ksm_scan.rmap_list = &rmap_item->rmap_list;
 	*link = &rmap_item->rmap_list;
 	return rmap_item;
 }
@@ -399,12 +682,13 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
  * upm_merge_page - merge @page, mapped at @rmap_item's (mm, address), into an
  * identical KSM page, or with an identical candidate, or index it.
  *
- * Called with ksm_thread_mutex held and no mmap_lock; the caller holds a
- * reference on @page. Mirrors cmp_and_merge_page(), with the candidate index
+ * Called with ksm_thread_mutex held, upm_merge_domain set to @domain, and no
+ * mmap_lock; the caller holds a reference on @page and one on @domain. Mirrors cmp_and_merge_page(), with the candidate index
  * in place of the unstable tree and no "changed since the last pass" test:
  * the caller asserts the content is meant to stay.
  */
-static enum upm_result upm_merge_page(struct page *page,
+static enum upm_result upm_merge_page(struct upm_domain *domain,
+				      struct page *page,
 				      struct ksm_rmap_item *rmap_item)
 {
 	bool max_page_sharing_bypass = false;
@@ -463,12 +747,13 @@ static enum upm_result upm_merge_page(struct page *page,
 	    !try_to_merge_with_zero_page(rmap_item, page))
 		return UPM_MERGED_STABLE;
 
-	hlist_for_each_entry_safe(cand, next, upm_bucket(checksum), hlist) {
+	hlist_for_each_entry_safe(cand, next, upm_bucket(domain, checksum), hlist) {
 		struct page *tree_page;
 		bool split;
 
+		/* Its mm may have moved to another domain since. */
 		if (cand->oldchecksum != checksum ||
-		    upm_mm_domain(cand->mm) != upm_merge_domain)
+		    upm_mm_domain(cand->mm) != domain->seq)
 			continue;
 		tree_page = upm_get_candidate_page(cand);
 		if (IS_ERR(tree_page))
@@ -530,8 +815,63 @@ static enum upm_result upm_merge_page(struct page *page,
 		break;
 	}
 
-	upm_add_candidate(rmap_item, checksum);
+	upm_add_candidate(domain, rmap_item, checksum);
 	return UPM_CANDIDATE;
+}
+
+/*
+ * An mm's first MADV_UPM_MERGE takes it from ksmd, which never walks it
+ * again: the items it has in ksmd's unstable tree must leave that tree now,
+ * as each must by the end of ksmd's pass (remove_rmap_item_from_tree()
+ * knows an unstable item one pass old at most). Its KSM pages that ksmd
+ * made stay merged, in KSM's own tree, until the process unmerges or exits.
+ */
+static void upm_take_from_ksmd(struct ksm_mm_slot *mm_slot)
+{
+	struct ksm_rmap_item *rmap_item;
+
+	lockdep_assert_held(&ksm_thread_mutex);
+	for (rmap_item = mm_slot->rmap_list; rmap_item;
+	     rmap_item = rmap_item->rmap_list)
+		if (rmap_item->address & UNSTABLE_FLAG)
+			remove_rmap_item_from_tree(rmap_item);
+}
+
+static void upm_free_rmap_item(struct ksm_rmap_item **link,
+			       struct ksm_rmap_item *rmap_item);
+
+/*
+ * Free @mm's rmap_items for addresses no mergeable VMA covers any more: the
+ * bookkeeping of ranges unmapped (or remapped) since they were advised,
+ * which ksmd, which passes UPM's mms by, never frees. Called when the mm
+ * reaches max_pages_per_process, so that a process that advises fresh
+ * mappings and unmaps old ones is never refused for what it no longer has.
+ * With ksm_thread_mutex and the mmap_lock held. Return: how many it freed.
+ */
+static unsigned long upm_prune_unmapped(struct mm_struct *mm,
+					struct ksm_mm_slot *mm_slot)
+{
+	struct ksm_rmap_item **link = &mm_slot->rmap_list;
+	struct ksm_rmap_item *rmap_item;
+	struct vm_area_struct *vma = NULL;
+	unsigned long freed = 0;
+
+	lockdep_assert_held(&ksm_thread_mutex);
+	mmap_assert_locked(mm);
+	while ((rmap_item = *link)) {
+		unsigned long addr = rmap_item->address & PAGE_MASK;
+
+		/* The list is sorted by address: look a VMA up only past one. */
+		if (!vma || addr < vma->vm_start || addr >= vma->vm_end)
+			vma = vma_lookup(mm, addr);
+		if (!vma || !(vma->vm_flags & VM_MERGEABLE)) {
+			upm_free_rmap_item(link, rmap_item);
+			freed++;
+			continue;
+		}
+		link = &rmap_item->rmap_list;
+	}
+	return freed;
 }
 
 struct upm_batch_entry {
@@ -589,6 +929,15 @@ static int upm_collect(struct mm_struct *mm, struct ksm_mm_slot *mm_slot,
 			flush_dcache_page(page);
 
 			rmap_item = upm_get_rmap_item(mm_slot, &link, addr);
+			if (PTR_ERR(rmap_item) == -ENOSPC &&
+			    upm_prune_unmapped(mm, mm_slot)) {
+				/*
+				 * The batch's items are in mergeable VMAs,
+				 * so none was freed; *link may have been.
+				 */
+				link = &mm_slot->rmap_list;
+				rmap_item = upm_get_rmap_item(mm_slot, &link, addr);
+			}
 			if (IS_ERR(rmap_item)) {
 				folio_put(folio);
 				*err = PTR_ERR(rmap_item);
@@ -649,7 +998,7 @@ int upm_madvise(struct vm_area_struct *vma, unsigned long start,
 int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		    unsigned long end)
 {
-	u64 domain = upm_current_domain();
+	struct upm_domain_key domain;
 	u64 begin = ktime_get_ns();
 	struct upm_batch_entry *batch;
 	unsigned long addr = start;
@@ -658,6 +1007,7 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 	batch = kmalloc_array(UPM_BATCH, sizeof(*batch), GFP_KERNEL);
 	if (!batch)
 		return -EAGAIN;
+	upm_current_domain(&domain);
 
 	/*
 	 * Freshly faulted pages wait in per-CPU LRU batches with a raised
@@ -667,6 +1017,7 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 	lru_add_drain_all();
 
 	while (addr < end && !err) {
+		struct upm_domain *merge_domain;
 		struct ksm_mm_slot *mm_slot;
 		int i, n;
 
@@ -675,12 +1026,14 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 			break;
 		}
 		wait_while_offlining();
-		if (upm_index_init()) {
+		merge_domain = upm_domain_get_by_key(&domain);
+		if (!merge_domain) {
 			mutex_unlock(&ksm_thread_mutex);
 			err = -EAGAIN;
 			break;
 		}
 		if (mmap_read_lock_killable(mm)) {
+			upm_domain_put(merge_domain);
 			mutex_unlock(&ksm_thread_mutex);
 			err = -EINTR;
 			break;
@@ -689,11 +1042,17 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		if (!mm_slot) {
 			/* Every mergeable VMA went away meanwhile. */
 			mmap_read_unlock(mm);
+			upm_domain_put(merge_domain);
 			mutex_unlock(&ksm_thread_mutex);
 			break;
 		}
+		if (!mm_slot->upm)
+			upm_take_from_ksmd(mm_slot);
+		/* Under ksm_mmlist_lock, where upm_mm_used() and upm_fork() read them. */
+		spin_lock(&ksm_mmlist_lock);
 		mm_slot->upm = true;
-		mm_slot->upm_domain = domain;
+		mm_slot->upm_domain = merge_domain->seq;
+		spin_unlock(&ksm_mmlist_lock);
 		/*
 		 * run = 2: KSM has unmerged every KSM page (run_store() does
 		 * it under ksm_thread_mutex) and keeps none until run changes
@@ -702,6 +1061,7 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		 */
 		if (ksm_run & KSM_RUN_UNMERGE) {
 			mmap_read_unlock(mm);
+			upm_domain_put(merge_domain);
 			mutex_unlock(&ksm_thread_mutex);
 			err = -EBUSY;
 			break;
@@ -709,9 +1069,10 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 		n = upm_collect(mm, mm_slot, &addr, end, batch, &err);
 		mmap_read_unlock(mm);
 
-		upm_merge_domain = domain;
+		upm_merge_domain = merge_domain;
 		for (i = 0; i < n; i++) {
-			switch (upm_merge_page(batch[i].page, batch[i].rmap_item)) {
+			switch (upm_merge_page(merge_domain, batch[i].page,
+					       batch[i].rmap_item)) {
 			case UPM_MERGED_STABLE:
 				upm_pages_merged_stable++;
 				break;
@@ -727,7 +1088,10 @@ int upm_merge_range(struct mm_struct *mm, unsigned long start,
 			}
 			put_page(batch[i].page);
 		}
-		upm_merge_domain = 0;
+		upm_merge_domain = NULL;
+		/* Shrinks the index once a batch dropped stale candidates. */
+		upm_index_resize(merge_domain);
+		upm_domain_put(merge_domain);
 		upm_pages_advised += n;
 		mutex_unlock(&ksm_thread_mutex);
 
@@ -812,6 +1176,7 @@ void __upm_exit(struct mm_struct *mm)
 {
 	struct ksm_mm_slot *mm_slot;
 	struct ksm_rmap_item *rmap_item;
+	struct upm_domain *domain;
 
 	if (!upm_mm_used(mm))
 		return;
@@ -828,11 +1193,25 @@ void __upm_exit(struct mm_struct *mm)
 
 	while ((rmap_item = mm_slot->rmap_list))
 		upm_free_rmap_item(&mm_slot->rmap_list, rmap_item);
+	/*
+	 * What no process of the domain maps any more goes with the exit
+	 * that unmapped it: nodes a fork child (without rmap_items) kept,
+	 * chains emptied of their dups. Else the domain would live on.
+	 */
+	domain = upm_domain_by_seq(mm_slot->upm_domain);
+	if (domain)
+		upm_sweep_orphans(domain);
 
 	if (ksm_scan.mm_slot == mm_slot) {
-		/* ksmd's cursor: ksmd frees the now empty slot. */
+		/*
+		 * ksmd's cursor: ksmd frees the now empty slot, as any of an
+		 * exited mm, once it no longer passes it by as UPM's.
+		 */
 		ksm_scan.rmap_list = &mm_slot->rmap_list;
 		ksm_scan.address = 0;
+		spin_lock(&ksm_mmlist_lock);
+		mm_slot->upm = false;
+		spin_unlock(&ksm_mmlist_lock);
 		goto out;
 	}
 	spin_lock(&ksm_mmlist_lock);
@@ -913,9 +1292,129 @@ UPM_COUNTER(pages_skipped, READ_ONCE(upm_pages_skipped));
 UPM_COUNTER(candidates, READ_ONCE(upm_nr_candidates));
 UPM_COUNTER(candidates_dropped, READ_ONCE(upm_candidates_dropped));
 UPM_COUNTER(index_bytes,
-	    (upm_buckets ? (sizeof(struct hlist_head) << READ_ONCE(upm_hash_bits)) : 0) +
+	    READ_ONCE(upm_domain_bytes) +
 	    READ_ONCE(upm_nr_candidates) * sizeof(struct ksm_rmap_item));
 UPM_COUNTER(calls, atomic_long_read(&upm_calls));
+
+/* One domain's figures, as the domains file shows them. */
+struct upm_domain_stats {
+	unsigned long processes;
+	unsigned long pages_shared;
+	unsigned long pages_sharing;
+};
+
+static void upm_count_stable_node(struct ksm_stable_node *node,
+				  struct upm_domain_stats *stats)
+{
+	if (node->rmap_hlist_len <= 0)
+		return;
+	stats->pages_shared++;
+	stats->pages_sharing += node->rmap_hlist_len - 1;
+}
+
+/*
+ * What @domain holds, counted as KSM counts pages_shared and pages_sharing:
+ * from its stable trees (the dups of each chain) and migrate_nodes, and its
+ * processes from the mm_slots. Under ksm_thread_mutex.
+ */
+static void upm_domain_stats(struct upm_domain *domain,
+			     struct upm_domain_stats *stats)
+{
+	struct ksm_stable_node *node, *dup;
+	struct mm_slot *slot;
+	struct rb_node *rb;
+	int nid;
+
+	memset(stats, 0, sizeof(*stats));
+	for (nid = 0; nid < ksm_nr_node_ids; nid++) {
+		for (rb = rb_first(upm_stable_tree(domain, nid)); rb; rb = rb_next(rb)) {
+			node = rb_entry(rb, struct ksm_stable_node, node);
+			if (!is_stable_node_chain(node)) {
+				upm_count_stable_node(node, stats);
+				continue;
+			}
+			hlist_for_each_entry(dup, &node->hlist, hlist_dup)
+				upm_count_stable_node(dup, stats);
+		}
+		cond_resched();
+	}
+	list_for_each_entry(node, &migrate_nodes, list)
+		if (stable_node_domain(node) == domain)
+			upm_count_stable_node(node, stats);
+
+	spin_lock(&ksm_mmlist_lock);
+	list_for_each_entry(slot, &ksm_mm_head.slot.mm_node, mm_node) {
+		struct ksm_mm_slot *mm_slot = mm_slot_entry(slot, struct ksm_mm_slot, slot);
+
+		if (mm_slot->upm && mm_slot->upm_domain == domain->seq)
+			stats->processes++;
+	}
+	spin_unlock(&ksm_mmlist_lock);
+}
+
+/* The longest line of the domains file. */
+#define UPM_DOMAINS_LINE_MAX	(UPM_DOMAIN_NAME_MAX + 6 * 21 + 8)
+
+/*
+ * /sys/kernel/mm/upm/domains: a line per merge domain, root only, because
+ * domain names and sizes are tenants' data. Rebuilt for each read; a reader
+ * that wants one consistent picture reads it whole at once.
+ */
+static ssize_t upm_domains_read(struct file *file, struct kobject *kobj,
+				struct bin_attribute *attr, char *buf,
+				loff_t off, size_t count)
+{
+	static const char header[] =
+		"# domain processes pages_shared pages_sharing candidates index_bytes\n";
+	struct upm_domain_stats stats;
+	struct upm_domain *domain;
+	size_t size, len;
+	ssize_t ret;
+	char *text;
+	int bkt;
+
+	mutex_lock(&ksm_thread_mutex);
+	wait_while_offlining();
+	size = sizeof(header) + upm_nr_domains * UPM_DOMAINS_LINE_MAX;
+	text = kvmalloc(size, GFP_KERNEL);
+	if (!text) {
+		mutex_unlock(&ksm_thread_mutex);
+		return -ENOMEM;
+	}
+	len = scnprintf(text, size, "%s", header);
+	hash_for_each(upm_domains, bkt, domain, hash) {
+		upm_domain_stats(domain, &stats);
+		if (domain->key.name_len)
+			len += scnprintf(text + len, size - len, "name:%.*s",
+					 domain->key.name_len, domain->key.name);
+		else
+			len += scnprintf(text + len, size - len, "cgroup:%llu",
+					 domain->key.cgroup_id);
+		len += scnprintf(text + len, size - len, " %lu %lu %lu %lu %zu\n",
+				 stats.processes, stats.pages_shared,
+				 stats.pages_sharing, domain->nr_candidates,
+				 upm_domain_size() +
+				 upm_buckets_size(domain->hash_bits) +
+				 domain->nr_candidates * sizeof(struct ksm_rmap_item));
+	}
+	mutex_unlock(&ksm_thread_mutex);
+
+	ret = 0;
+	if (off < len) {
+		ret = min_t(size_t, count, len - off);
+		memcpy(buf, text + off, ret);
+	}
+	kvfree(text);
+	return ret;
+}
+
+static struct bin_attribute upm_domains_attr =
+	__BIN_ATTR(domains, 0400, upm_domains_read, NULL, 0);
+
+static struct bin_attribute *upm_bin_attrs[] = {
+	&upm_domains_attr,
+	NULL,
+};
 
 static ssize_t upm_max_pages_per_process_show(struct kobject *kobj,
 					      struct kobj_attribute *attr,
@@ -960,6 +1459,7 @@ static struct attribute *upm_attrs[] = {
 
 static const struct attribute_group upm_attr_group = {
 	.attrs = upm_attrs,
+	.bin_attrs = upm_bin_attrs,
 };
 
 static int __init upm_sysfs_init(void)
