@@ -192,6 +192,20 @@ func TestUPMMergeDomains(t *testing.T) {
 	}
 }
 
+// limitPages sets max_pages_per_process to limit for the test and returns
+// MADV_UPM_MERGE's advice number, for raw madvise calls that see the errno,
+// and a function that puts the old limit back (the cleanup does it too).
+func limitPages(t *testing.T, limit int) (advice string, restore func()) {
+	t.Helper()
+	knob := filepath.Join(upmDir, "max_pages_per_process")
+	old, err := os.ReadFile(knob)
+	require.NoError(t, err)
+	restore = func() { require.NoError(t, os.WriteFile(knob, old, 0)) }
+	t.Cleanup(func() { _ = os.WriteFile(knob, old, 0) })
+	require.NoError(t, os.WriteFile(knob, []byte(strconv.Itoa(limit)), 0))
+	return strconv.FormatInt(readCounter(t, upmDir, "advice"), 10), restore
+}
+
 // TestUPMPageLimitUnmapCycles is a process that advises fresh mappings and
 // unmaps the old ones, as a function reloading its model does: advising ten
 // times max_pages_per_process in all must never fail with ENOSPC, because
@@ -201,12 +215,7 @@ func TestUPMMergeDomains(t *testing.T) {
 func TestUPMPageLimitUnmapCycles(t *testing.T) {
 	upmTest(t)
 	const pages, limit = 200, 300
-	knob := filepath.Join(upmDir, "max_pages_per_process")
-	old, err := os.ReadFile(knob)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.WriteFile(knob, old, 0) })
-	require.NoError(t, os.WriteFile(knob, []byte(strconv.Itoa(limit)), 0))
-	advice := strconv.FormatInt(readCounter(t, upmDir, "advice"), 10)
+	advice, _ := limitPages(t, limit)
 
 	w := startWorker(t)
 	for cycle := 0; cycle < 10*limit/pages; cycle++ {
@@ -262,28 +271,26 @@ func TestUPMDomainOracle(t *testing.T) {
 		require.NoError(t, upm.MarkMergeDomain(filepath.Join(base, tenant), t.Name()+"/"+tenant))
 	}
 
-	var victims []*worker
-	for i := 0; i < 2; i++ {
-		w := startWorker(t)
-		w.moveTo(filepath.Join(base, "victim", strconv.Itoa(i)))
-		w.must("map 0 %d %d", pages, secret)
-		require.Equal(t, "upm", w.must("advise 0 %d", pages))
-		victims = append(victims, w)
+	// Two instances of a tenant, each in its cgroup, advise content seed.
+	instances := func(tenant string, seed int) []*worker {
+		var ws []*worker
+		for i := 0; i < 2; i++ {
+			w := startWorker(t)
+			w.moveTo(filepath.Join(base, tenant, strconv.Itoa(i)))
+			w.must("map 0 %d %d", pages, seed)
+			require.Equal(t, "upm", w.must("advise 0 %d", pages))
+			ws = append(ws, w)
+		}
+		return ws
 	}
+	victims := instances("victim", secret)
 	require.Equal(t, int64(pages), victims[0].mustInt("stat"), "the victim's pages are merged")
 
 	// probe advises the guess in two prober instances and returns what
 	// every world-readable counter and the probers' own ksm_stat moved by.
 	probe := func(guess int) map[string]int64 {
 		before := worldReadable(t)
-		var probers []*worker
-		for i := 0; i < 2; i++ {
-			w := startWorker(t)
-			w.moveTo(filepath.Join(base, "prober", strconv.Itoa(i)))
-			w.must("map 0 %d %d", pages, guess)
-			require.Equal(t, "upm", w.must("advise 0 %d", pages))
-			probers = append(probers, w)
-		}
+		probers := instances("prober", guess)
 		seen := worldReadable(t)
 		for k, v := range before {
 			seen[k] -= v
@@ -313,12 +320,7 @@ func TestUPMDomainOracle(t *testing.T) {
 func TestUPMPageLimit(t *testing.T) {
 	upmTest(t)
 	const pages, limit = 512, 300
-	knob := filepath.Join(upmDir, "max_pages_per_process")
-	old, err := os.ReadFile(knob)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.WriteFile(knob, old, 0) })
-	require.NoError(t, os.WriteFile(knob, []byte(strconv.Itoa(limit)), 0))
-	advice := strconv.FormatInt(readCounter(t, upmDir, "advice"), 10)
+	advice, restore := limitPages(t, limit)
 	before := readUPM(t)
 
 	a := startWorker(t)
@@ -341,7 +343,7 @@ func TestUPMPageLimit(t *testing.T) {
 	// and whatever the kernel merged up to the limit (the kernel documents
 	// that ENOSPC keeps it). Unadvising the Region it returned then takes
 	// all of it back.
-	_, err = b.call("advise 0 %d", pages)
+	_, err := b.call("advise 0 %d", pages)
 	require.ErrorContains(t, err, "max_pages_per_process")
 	assert.GreaterOrEqual(t, b.mustInt("stat"), int64(200), "a failed Advise unmerged what the kernel merged")
 	b.must("unadvise")
@@ -351,7 +353,7 @@ func TestUPMPageLimit(t *testing.T) {
 	}
 
 	// With room again, the same madvise goes through.
-	require.NoError(t, os.WriteFile(knob, old, 0))
+	restore()
 	require.Equal(t, "0", a.must("madvise %s 0 %d", advice, pages))
 	assert.Equal(t, int64(pages), a.ksmStat("ksm_rmap_items"))
 	for _, w := range []*worker{a, b} {

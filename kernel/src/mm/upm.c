@@ -683,9 +683,10 @@ static struct ksm_rmap_item *upm_get_rmap_item(struct ksm_mm_slot *mm_slot,
  * identical KSM page, or with an identical candidate, or index it.
  *
  * Called with ksm_thread_mutex held, upm_merge_domain set to @domain, and no
- * mmap_lock; the caller holds a reference on @page and one on @domain. Mirrors cmp_and_merge_page(), with the candidate index
- * in place of the unstable tree and no "changed since the last pass" test:
- * the caller asserts the content is meant to stay.
+ * mmap_lock; the caller holds a reference on @page and one on @domain.
+ * Mirrors cmp_and_merge_page(), with the candidate index in place of the
+ * unstable tree and no "changed since the last pass" test: the caller
+ * asserts the content is meant to stay.
  */
 static enum upm_result upm_merge_page(struct upm_domain *domain,
 				      struct page *page,

@@ -1,0 +1,124 @@
+// Copyright 2026 The UPM Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/upm-project/upm"
+)
+
+// statusReport is what upm status shows; its JSON form is for scripts.
+type statusReport struct {
+	Backend       string     `json:"backend"`
+	BackendReason string     `json:"backend_reason,omitempty"`
+	KSM           *ksmStatus `json:"ksm,omitempty"`
+	UPM           *upmStatus `json:"upm,omitempty"`
+	// SavedBytes is the memory merging saves on this node: pages sharing
+	// a merged page beyond the first, UPM's included.
+	SavedBytes int64 `json:"saved_bytes"`
+}
+
+type ksmStatus struct {
+	Run            uint64 `json:"run"`
+	PagesToScan    uint64 `json:"pages_to_scan"`
+	SleepMillisecs uint64 `json:"sleep_millisecs"`
+	PagesShared    uint64 `json:"pages_shared"`
+	PagesSharing   uint64 `json:"pages_sharing"`
+	FullScans      uint64 `json:"full_scans"`
+	GeneralProfit  int64  `json:"general_profit"`
+}
+
+type upmStatus struct {
+	Advice       int     `json:"advice"`
+	PagesAdvised uint64  `json:"pages_advised"`
+	PagesMerged  uint64  `json:"pages_merged"`
+	PagesSkipped uint64  `json:"pages_skipped"`
+	Candidates   uint64  `json:"candidates"`
+	IndexBytes   uint64  `json:"index_bytes"`
+	Calls        uint64  `json:"calls"`
+	CallSeconds  float64 `json:"call_seconds"`
+}
+
+func readStatus() (statusReport, error) {
+	r := statusReport{Backend: upm.CurrentBackend().String()}
+	if err := upm.BackendReason(); err != nil {
+		r.BackendReason = err.Error()
+	}
+	st, err := upm.ReadSystemStats()
+	if errors.Is(err, upm.ErrUnsupported) {
+		return r, nil // the backend line says why
+	}
+	if st.KSM.Present {
+		r.KSM = &ksmStatus{
+			Run: st.KSM.Run, PagesToScan: st.KSM.PagesToScan, SleepMillisecs: st.KSM.SleepMillisecs,
+			PagesShared: st.KSM.PagesShared, PagesSharing: st.KSM.PagesSharing,
+			FullScans: st.KSM.FullScans, GeneralProfit: st.KSM.GeneralProfit,
+		}
+		r.SavedBytes = st.KSM.SavedBytes()
+	}
+	if st.UPM.Present {
+		r.UPM = &upmStatus{
+			Advice: st.UPM.Advice, PagesAdvised: st.UPM.PagesAdvised,
+			PagesMerged:  st.UPM.PagesMergedStable + st.UPM.PagesMergedNew,
+			PagesSkipped: st.UPM.PagesSkipped, Candidates: st.UPM.Candidates,
+			IndexBytes: st.UPM.IndexBytes, Calls: st.UPM.Calls, CallSeconds: st.UPM.CallTime.Seconds(),
+		}
+	}
+	// Files that could not be read: what was read is still shown.
+	return r, err
+}
+
+func status(w io.Writer, format string) error {
+	r, err := readStatus()
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if eerr := enc.Encode(r); eerr != nil {
+			return eerr
+		}
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "backend\t%s\n", r.Backend)
+	if r.BackendReason != "" {
+		fmt.Fprintf(tw, "\t%s\n", r.BackendReason)
+	}
+	if k := r.KSM; k != nil {
+		run := map[uint64]string{0: "stopped", 1: "merging", 2: "unmerging all"}[k.Run]
+		fmt.Fprintf(tw, "ksmd\t%s (run=%d), %d pages every %d ms\n", run, k.Run, k.PagesToScan, k.SleepMillisecs)
+		fmt.Fprintf(tw, "KSM pages\t%d shared, %d sharing, %d full scans\n", k.PagesShared, k.PagesSharing, k.FullScans)
+		fmt.Fprintf(tw, "KSM general profit\t%s\n", humanBytes(k.GeneralProfit))
+	}
+	if u := r.UPM; u != nil {
+		fmt.Fprintf(tw, "UPM advice\t%d\n", u.Advice)
+		fmt.Fprintf(tw, "UPM pages\t%d advised, %d merged, %d skipped, %d candidates\n", u.PagesAdvised, u.PagesMerged, u.PagesSkipped, u.Candidates)
+		fmt.Fprintf(tw, "UPM index\t%s\n", humanBytes(int64(u.IndexBytes)))
+		fmt.Fprintf(tw, "UPM calls\t%d, %.3f s in all\n", u.Calls, u.CallSeconds)
+	}
+	fmt.Fprintf(tw, "memory saved\t%s\n", humanBytes(r.SavedBytes))
+	if ferr := tw.Flush(); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// humanBytes writes n bytes for a person: 1.5 GiB, 12.0 MiB, 4096 B.
+func humanBytes(n int64) string {
+	const k = 1024
+	abs := max(n, -n)
+	switch {
+	case abs >= k*k*k:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(k*k*k))
+	case abs >= k*k:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(k*k))
+	case abs >= k:
+		return fmt.Sprintf("%.1f KiB", float64(n)/k)
+	}
+	return fmt.Sprintf("%d B", n)
+}
