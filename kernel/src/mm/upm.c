@@ -715,6 +715,14 @@ static enum upm_result upm_merge_page(struct upm_domain *domain,
 		/* A KSM page inherited through fork may exceed the limit. */
 		if (!is_page_sharing_candidate(stable_node))
 			max_page_sharing_bypass = true;
+	} else {
+		/*
+		 * Out of its old place first, as in cmp_and_merge_page(): the
+		 * node it leaves, if it was that node's last rmap_item, goes
+		 * (upm_drop_stable_node()), and must not be the one the search
+		 * is about to hand us.
+		 */
+		remove_rmap_item_from_tree(rmap_item);
 	}
 
 	kpage = stable_tree_search(page);
@@ -731,9 +739,20 @@ static enum upm_result upm_merge_page(struct upm_domain *domain,
 		err = try_to_merge_with_ksm_page(rmap_item, page, kpage);
 		if (!err) {
 			lock_page(kpage);
-			stable_tree_append(rmap_item, page_stable_node(kpage),
-					   max_page_sharing_bypass);
+			stable_node = page_stable_node(kpage);
+			if (stable_node)
+				stable_tree_append(rmap_item, stable_node,
+						   max_page_sharing_bypass);
 			unlock_page(kpage);
+			/*
+			 * The rmap_item's old node, removed after the search
+			 * above, was kpage's own: undo rather than share a KSM
+			 * page that no longer has a node.
+			 */
+			if (!stable_node) {
+				break_cow(rmap_item);
+				err = -EBUSY;
+			}
 		}
 		put_page(kpage);
 		return err ? UPM_BUSY : UPM_MERGED_STABLE;
@@ -1358,8 +1377,9 @@ static void upm_domain_stats(struct upm_domain *domain,
 
 /*
  * /sys/kernel/mm/upm/domains: a line per merge domain, root only, because
- * domain names and sizes are tenants' data. Rebuilt for each read; a reader
- * that wants one consistent picture reads it whole at once.
+ * domain names and sizes are tenants' data. sysfs reads a page at a time and
+ * the text is rebuilt for each, so a listing longer than a page may see
+ * domains come and go between its pages.
  */
 static ssize_t upm_domains_read(struct file *file, struct kobject *kobj,
 				struct bin_attribute *attr, char *buf,
