@@ -319,12 +319,22 @@ static struct upm_domain *upm_domain_get_by_key(const struct upm_domain_key *key
  * Called by remove_rmap_item_from_tree() when a UPM KSM page lost its last
  * rmap_item. If nothing maps the page any more, its node goes now (as
  * remove_stable_node() does for KSM's knobs). If something still does (a
- * fork child maps its parent's KSM pages without rmap_items of its own),
- * the node stays, an orphan, for upm_sweep_orphans() at an exit.
+ * fork child maps its parent's KSM pages without rmap_items of its own), or
+ * the page is in the swap cache (swap entries of such a child may still
+ * bring it back, which without its node would be a copy each), the node
+ * stays, an orphan, for upm_sweep_orphans() at an exit.
  */
 static void upm_drop_stable_node(struct ksm_stable_node *stable_node)
 {
-	remove_stable_node(stable_node);
+	struct folio *folio = ksm_get_folio(stable_node, KSM_GET_FOLIO_NOLOCK);
+	bool swapped;
+
+	if (!folio)
+		return;		/* stale: ksm_get_folio() removed the node */
+	swapped = folio_test_swapcache(folio);
+	folio_put(folio);
+	if (!swapped)
+		remove_stable_node(stable_node);
 }
 
 /*
