@@ -4,7 +4,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,9 +58,7 @@ func domains(w io.Writer, format string) error {
 		return err
 	}
 	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if eerr := enc.Encode(rows); eerr != nil {
+		if eerr := writeJSON(w, rows); eerr != nil {
 			return eerr
 		}
 		return err

@@ -13,6 +13,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -79,4 +80,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	default:
 		return domains(stdout, *format)
 	}
+}
+
+// writeJSON writes v indented, for scripts (-o json).
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

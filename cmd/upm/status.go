@@ -4,7 +4,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -77,9 +76,7 @@ func readStatus() (statusReport, error) {
 func status(w io.Writer, format string) error {
 	r, err := readStatus()
 	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if eerr := enc.Encode(r); eerr != nil {
+		if eerr := writeJSON(w, r); eerr != nil {
 			return eerr
 		}
 		return err
