@@ -7,14 +7,11 @@ package integration
 
 import (
 	"fmt"
-	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // TestKSMFallbackMerges checks the KSM backend end to end on a stock kernel
@@ -97,30 +94,9 @@ func TestUPMKsmdPassesUPMBy(t *testing.T) {
 	require.Equal(t, pages, items, "one rmap_item per advised page")
 	require.Equal(t, pages, ws[0].mustInt("stat"))
 
-	// Push merged pages out to swap. One write at a time, not
-	// os.WriteFile: Go restarts a write that a signal interrupted
-	// (EINTR), and a restarted memory.reclaim starts its work over, which
-	// under TCG never ends. A write fails with EAGAIN when it reclaimed
-	// less than asked; what counts is that KSM pages went, which the
-	// workers' page tables tell. Pages two processes map go last, and how
-	// many go differs from run to run: every one that went is one whose
-	// rmap_item ksmd used to free, so a few suffice.
-	present := func() int64 {
-		return ws[0].mustInt("ksmpages 0 %d", pages) + ws[1].mustInt("ksmpages 0 %d", pages)
-	}
-	const enough = 16 // mappings of KSM pages swapped out
-	for try := 0; try < 50 && present() > 2*pages-enough; try++ {
-		fd, err := unix.Open(filepath.Join(cg, "memory.reclaim"), unix.O_WRONLY, 0)
-		require.NoError(t, err)
-		_, err = unix.Write(fd, []byte(strconv.FormatInt(4*pages*pageSize, 10)))
-		require.NoError(t, unix.Close(fd))
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
-			t.Fatalf("memory.reclaim: %v", err)
-		}
-	}
-	out := 2*pages - present()
-	require.GreaterOrEqual(t, out, int64(enough), "merged pages went to swap")
-	t.Logf("%d of %d mappings of KSM pages swapped out; memory.swap.current %d kB", out, 2*pages, readCounter(t, cg, "memory.swap.current")>>10)
+	// Every mapping of a KSM page that goes to swap is one whose
+	// rmap_item ksmd used to free: a few suffice.
+	reclaimKSMMappings(t, cg, ws, pages, 16)
 
 	setKSM(t, map[string]string{"run": "1", "pages_to_scan": "10000", "sleep_millisecs": "1"})
 	start := readCounter(t, ksmDir, "full_scans")

@@ -297,3 +297,33 @@ func TestLibraryTests(t *testing.T) {
 	require.NoError(t, err, "the upm package's tests failed in the guest")
 	require.Contains(t, string(out), "--- PASS: TestUPMMergesAcrossProcesses", "the UPM-backend tests ran")
 }
+
+// TestUPMCandidateInBusyProcess advises pages whose twins wait as candidates
+// in a process that keeps its mmap_lock busy (it maps and unmaps all the
+// time, as a Go runtime growing its heap does). Each must still be merged
+// with its twin. (UPM used to only try the candidate's mmap_lock: on
+// contention it indexed the page as a second candidate beside the first,
+// and the two identical pages stayed apart.)
+func TestUPMCandidateInBusyProcess(t *testing.T) {
+	upmTest(t)
+	pages := sized(1024)
+	a, b := startWorker(t), startWorker(t)
+	a.must("map %d 0 1", pages)
+	a.must("advise 0 %d", pages)
+	require.Equal(t, pages, readCounter(t, upmDir, "candidates"))
+
+	a.must("hammer on")
+	b.must("map %d 0 1", pages)
+	before := readUPM(t)
+	b.must("advise 0 %d", pages)
+	d := readUPM(t).sub(before)
+	a.must("hammer off")
+
+	assert.Equal(t, 2*pages, d.mergedNew, "every page merged with its candidate twin")
+	assert.Equal(t, int64(0), readCounter(t, upmDir, "candidates"), "no second candidate beside a busy one")
+	assert.Equal(t, pages, b.mustInt("stat"))
+	a.must("check")
+	b.must("check")
+	a.exit()
+	b.exit()
+}

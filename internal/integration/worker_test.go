@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,6 +126,9 @@ type workerState struct {
 	region  *upm.Region
 	written map[int]byte
 	unmaped map[int]bool
+	// hammer, while set, stops the goroutine that keeps the process's
+	// mmap_lock taken for write.
+	hammer chan struct{}
 }
 
 // expected returns what page i should hold, or nil for an untouched page.
@@ -305,6 +309,75 @@ func (w *workerState) do(f []string) (string, error) {
 		for i := first; i < first+n; i++ {
 			w.unmaped[i] = true
 		}
+		return "", nil
+	case "remap":
+		// Move pages elsewhere with mremap, as a growing Go heap or a
+		// realloc does; the moved pages must keep their content.
+		first, n := atoi(f[1]), atoi(f[2])
+		p := w.pages(first, n)
+		dst, err := unix.Mmap(-1, 0, len(p), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return "", err
+		}
+		moved, _, e := unix.Syscall6(unix.SYS_MREMAP, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)),
+			uintptr(len(p)), unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, uintptr(unsafe.Pointer(unsafe.SliceData(dst))), 0)
+		if e != 0 {
+			return "", fmt.Errorf("mremap: %w", e)
+		}
+		bad := 0
+		for i := 0; i < n; i++ {
+			if string(dst[i*pageSize:(i+1)*pageSize]) != string(w.expected(first+i)) {
+				bad++
+			}
+		}
+		for i := first; i < first+n; i++ {
+			w.unmaped[i] = true
+		}
+		if bad > 0 {
+			return "", fmt.Errorf("%d moved pages differ from what was written", bad)
+		}
+		return fmt.Sprint(moved), nil
+	case "hammer":
+		// "hammer on" keeps this process's mmap_lock busy for write
+		// (mprotect of a page of its own, flipped back and forth), as a
+		// process that maps and unmaps all the time does; "hammer off"
+		// stops it.
+		if f[1] == "off" {
+			if w.hammer == nil {
+				return "", errors.New("no hammer running")
+			}
+			w.hammer <- struct{}{}
+			<-w.hammer
+			w.hammer = nil
+			return "", nil
+		}
+		if w.hammer != nil {
+			return "", errors.New("hammer already running")
+		}
+		page, err := unix.Mmap(-1, 0, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return "", err
+		}
+		w.hammer = make(chan struct{})
+		started := make(chan struct{})
+		go func(stop chan struct{}) {
+			runtime.LockOSThread()
+			close(started)
+			for {
+				select {
+				case <-stop:
+					unix.Munmap(page)
+					stop <- struct{}{}
+					return
+				default:
+				}
+				// A different protection for one page of two splits
+				// the VMA; the same for both merges it again.
+				unix.Mprotect(page[:pageSize], unix.PROT_READ)
+				unix.Mprotect(page[:pageSize], unix.PROT_READ|unix.PROT_WRITE)
+			}
+		}(w.hammer)
+		<-started
 		return "", nil
 	case "exit":
 		return "", nil
