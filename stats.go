@@ -121,6 +121,13 @@ type UPMStats struct {
 	// spent in them.
 	Calls    uint64
 	CallTime time.Duration
+	// Revisits is the number of times the kernel looked again at advised
+	// memory of a process after its merged pages were swapped in, copied
+	// on write or unmapped, and PagesRemerged the pages it merged again
+	// then (pages that came back from swap as copies). Zero on kernels
+	// that do not revisit.
+	Revisits      uint64
+	PagesRemerged uint64
 	// Values holds every file of the directory whose content is one
 	// unsigned decimal number, by file name, the above included.
 	Values map[string]uint64

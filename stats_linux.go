@@ -118,6 +118,8 @@ func systemStats() (SystemStats, error) {
 			IndexBytes:        v["index_bytes"],
 			Calls:             v["calls"],
 			CallTime:          time.Duration(v["call_time_ns"]),
+			Revisits:          v["revisits"],
+			PagesRemerged:     v["pages_remerged"],
 			Values:            v,
 		}
 		domains, err := readDomainStats(filepath.Join(sysUPMDir, sysUPMDomains))

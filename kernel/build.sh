@@ -12,10 +12,11 @@
 #   build/linux-<version>/      the extracted, patched source (never built in)
 #   build/kernel-<flavour>/     the O= output; arch/x86/boot/bzImage is the result
 #
-# The source is extracted once; the patch series in kernel/patches/ is applied
-# in order and re-applied only when it changes; the files under kernel/src/
-# are copied into the tree only when they differ, so make rebuilds only what
-# changed. Builds use ccache when it is installed.
+# The source is extracted once; the patch series in kernel/patches/ (new
+# files included) is applied in order and re-applied only when it changes,
+# keeping the timestamps of files whose content ends up the same, so make
+# rebuilds only what changed. Builds use ccache when it is installed. To
+# change the series, see kernel/series.sh.
 set -euo pipefail
 
 flavour=${1:-plain}
@@ -112,6 +113,11 @@ else
 				die "could not revert $p: remove $build and rebuild"
 			rm "$applied/$p"
 		done
+		# Files the series creates that are there anyway (copied in by
+		# an older build.sh) would make their patch fail.
+		for f in $(want_series | xargs -r awk '/^--- \/dev\/null$/ { getline; sub(/^\+\+\+ b\//, ""); print }'); do
+			rm -f "$src/$f"
+		done
 		for p in $want; do
 			log "applying $p"
 			patch -d "$src" -p1 -s -F0 --no-backup-if-mismatch <"$here/patches/$p" ||
@@ -124,14 +130,6 @@ else
 			fi
 		done
 		rm -rf "$keep"
-	fi
-	# New files of the UPM series: copy only what differs, so that make
-	# sees unchanged timestamps for everything else.
-	if [ -d "$here/src" ]; then
-		(cd "$here/src" && find . -type f) | while read -r f; do
-			mkdir -p "$(dirname "$src/$f")"
-			cmp -s "$here/src/$f" "$src/$f" || cp "$here/src/$f" "$src/$f"
-		done
 	fi
 fi
 
@@ -146,9 +144,9 @@ if [ -z "${CI:-}" ] && command -v ccache >/dev/null; then cc="ccache gcc"; fi
 # bare guest; the VM rig puts every one of them into the guest's /bin.
 if [ "$patched" = 1 ]; then
 	mkdir -p "$build/selftests"
-	# Ours only: the tree may hold other upm_*.c files left by hand.
-	for ours in "$here"/src/tools/testing/selftests/mm/upm_*.c; do
-		selftest=$src/tools/testing/selftests/mm/$(basename "$ours")
+	# The series' own: the tree may hold other upm_*.c files left by hand.
+	for ours in $(want_series | xargs -r sed -n 's|^+++ b/\(tools/testing/selftests/mm/upm_[a-z_]*\.c\)$|\1|p' | sort -u); do
+		selftest=$src/$ours
 		bin=$build/selftests/$(basename "$selftest" .c)
 		if [ ! -x "$bin" ] || [ "$selftest" -nt "$bin" ]; then
 			log "building $(basename "$bin")"

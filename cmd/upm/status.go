@@ -42,6 +42,9 @@ type upmStatus struct {
 	IndexBytes   uint64  `json:"index_bytes"`
 	Calls        uint64  `json:"calls"`
 	CallSeconds  float64 `json:"call_seconds"`
+	// Revisits: looks again after swap-in, copy on write or munmap.
+	Revisits      uint64 `json:"revisits"`
+	PagesRemerged uint64 `json:"pages_remerged"`
 }
 
 func readStatus() (statusReport, error) {
@@ -67,6 +70,7 @@ func readStatus() (statusReport, error) {
 			PagesMerged:  st.UPM.PagesMergedStable + st.UPM.PagesMergedNew,
 			PagesSkipped: st.UPM.PagesSkipped, Candidates: st.UPM.Candidates,
 			IndexBytes: st.UPM.IndexBytes, Calls: st.UPM.Calls, CallSeconds: st.UPM.CallTime.Seconds(),
+			Revisits: st.UPM.Revisits, PagesRemerged: st.UPM.PagesRemerged,
 		}
 	}
 	// Files that could not be read: what was read is still shown.
@@ -97,6 +101,7 @@ func status(w io.Writer, format string) error {
 		fmt.Fprintf(tw, "UPM pages\t%d advised, %d merged, %d skipped, %d candidates\n", u.PagesAdvised, u.PagesMerged, u.PagesSkipped, u.Candidates)
 		fmt.Fprintf(tw, "UPM index\t%s\n", humanBytes(int64(u.IndexBytes)))
 		fmt.Fprintf(tw, "UPM calls\t%d, %.3f s in all\n", u.Calls, u.CallSeconds)
+		fmt.Fprintf(tw, "UPM revisits\t%d, %d pages merged again after swap-in\n", u.Revisits, u.PagesRemerged)
 	}
 	fmt.Fprintf(tw, "memory saved\t%s\n", humanBytes(r.SavedBytes))
 	if ferr := tw.Flush(); ferr != nil {
