@@ -71,3 +71,12 @@ func MarkMergeDomain(dir, name string) error {
 func UnmarkMergeDomain(dir string) error {
 	return sysUnmarkMergeDomain(dir)
 }
+
+// MergeDomainOf returns the merge domain of the process pid, as Diagnose
+// reports this process's own: the marked cgroup at or above the process's
+// cgroup v2 cgroup, or that cgroup itself. Reading the marks of other
+// cgroups needs CAP_SYS_ADMIN, as for Diagnose (see MergeDomain.MarkKnown).
+func MergeDomainOf(pid int) (MergeDomain, error) {
+	return sysMergeDomainOf(pid)
+}
+

@@ -63,6 +63,14 @@ const (
 	procSelfCgroup = "/proc/self/cgroup"
 )
 
+func sysMergeDomainOf(pid int) (MergeDomain, error) {
+	file := fmt.Sprintf("/proc/%d/cgroup", pid)
+	if _, err := os.Stat(file); err != nil {
+		return MergeDomain{Processes: -1}, fmt.Errorf("upm: merge domain of process %d: %w", pid, err)
+	}
+	return readMergeDomain(sysCgroupRoot, file), nil
+}
+
 // readMergeDomain finds this process's merge domain under the cgroup v2
 // hierarchy mounted at root, from its cgroup file (/proc/self/cgroup), and
 // counts the processes in it.

@@ -14,3 +14,8 @@ func sysMarkMergeDomain(dir, name string) error {
 func sysUnmarkMergeDomain(dir string) error {
 	return fmt.Errorf("upm: unmark merge domain %s: %w", dir, ErrUnsupported)
 }
+
+func sysMergeDomainOf(pid int) (MergeDomain, error) {
+	return MergeDomain{Processes: -1}, fmt.Errorf("upm: merge domain of process %d: %w", pid, ErrUnsupported)
+}
+

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/upm-project/upm"
@@ -73,4 +76,58 @@ func domains(w io.Writer, format string) error {
 		return ferr
 	}
 	return err
+}
+
+// cgroupRoot is where the cgroup v2 hierarchy is mounted.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// cgroupDir turns a cgroup as an operator names it (/kubepods/pod1, as
+// /proc/PID/cgroup shows it, or /sys/fs/cgroup/kubepods/pod1) into its
+// directory, which must exist.
+func cgroupDir(root, arg string) (string, error) {
+	dir := filepath.Clean(arg)
+	if dir != root && !strings.HasPrefix(dir, root+"/") {
+		dir = filepath.Join(root, dir)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "cgroup.procs"))
+	if err != nil || fi.IsDir() {
+		return "", fmt.Errorf("%s: no such cgroup (want a cgroup v2 path such as /kubepods/pod1, or a directory under %s)", arg, root)
+	}
+	return dir, nil
+}
+
+// markCommand runs upm domains mark CGROUP NAME and upm domains unmark CGROUP.
+func markCommand(verb string, args []string, stdout, stderr io.Writer) error {
+	want := 2
+	if verb == "unmark" {
+		want = 1
+	}
+	if len(args) != want {
+		if verb == "mark" {
+			fmt.Fprintf(stderr, "usage: upm domains mark CGROUP NAME\n")
+		} else {
+			fmt.Fprintf(stderr, "usage: upm domains unmark CGROUP\n")
+		}
+		return errUsage
+	}
+	dir, err := cgroupDir(cgroupRoot, args[0])
+	if err != nil {
+		return err
+	}
+	if verb == "unmark" {
+		if err := upm.UnmarkMergeDomain(dir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "unmarked %s: its processes are in their own cgroup's domain from their next advise (or an ancestor's mark)\n", dir)
+		return nil
+	}
+	if err := upm.CheckMergeDomainName(args[1]); err != nil {
+		fmt.Fprintf(stderr, "upm domains mark: %v\n", err)
+		return errUsage
+	}
+	if err := upm.MarkMergeDomain(dir, args[1]); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "marked %s as merge domain %q: its processes share with every cgroup so marked from their next advise\n", dir, args[1])
+	return nil
 }

@@ -5,20 +5,28 @@
 //
 // Usage:
 //
-//	upm status [-o table|json]    backend, KSM settings, UPM counters, memory saved
-//	upm domains [-o table|json]   each merge domain's figures (UPM kernel, root)
-//	upm help                      this text
+//	upm status [-o table|json]             backend, KSM settings, UPM counters, memory saved
+//	upm top [-o table|json] [-n N] [-w D]  processes by memory saved
+//	upm domains [-o table|json]            each merge domain's figures (UPM kernel, root)
+//	upm domains mark CGROUP NAME           put CGROUP's subtree into merge domain NAME
+//	upm domains unmark CGROUP              take the mark off again
+//	upm doctor [-o table|json]             what keeps memory from merging, in plain words
+//	upm help                               this text
 //
 // Install it with go install github.com/upm-project/upm/cmd/upm@latest.
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 )
 
 // errUsage marks a mistake in the command line: exit status 2, as flag does.
@@ -28,9 +36,33 @@ const usage = `upm shows what page merging does on this node.
 
 Usage:
 
-	upm status [-o table|json]    backend, KSM settings, UPM counters, memory saved
-	upm domains [-o table|json]   each merge domain's figures (UPM kernel; root only)
-	upm help                      this text
+	upm status [-o table|json]
+		backend, kernel, KSM settings, UPM counters, memory saved
+	upm top [-o table|json] [-n N] [-w INTERVAL]
+		processes with memory advised for merging, by memory saved:
+		pid, command, cgroup, merge domain, merging pages, profit,
+		advised ranges; -n shows the first N, -w redraws every INTERVAL
+	upm domains [-o table|json]
+		each merge domain: name or cgroup, processes, pages shared and
+		sharing, candidates, index memory, bytes saved (UPM kernel)
+	upm domains mark CGROUP NAME
+		put the cgroup CGROUP and its subtree into the merge domain NAME:
+		cgroups marked with one name share pages, unmarked ones share
+		nothing (trusted.upm.domain; needs CAP_SYS_ADMIN)
+	upm domains unmark CGROUP
+		take the mark off CGROUP
+	upm doctor [-o table|json]
+		what keeps memory on this node from merging, in plain words, each
+		finding with a stable code: the library's (upm, ksm, ksmd-stopped,
+		upm-ksmd-stopped, ksm-unmerging, ksmd-idle, ksmd-running, ...) and
+		node-alone-in-domain, node-domains-unknown, node-near-page-limit,
+		node-ksmd-scan-time, node-processes-unreadable
+	upm help
+		this text
+
+CGROUP is a cgroup v2 path as /proc/PID/cgroup shows it (/kubepods/pod1)
+or a directory under /sys/fs/cgroup. Root sees every process and domain;
+without it each command says what it cannot see and shows what it can.
 `
 
 func main() {
@@ -55,7 +87,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
-	case "status", "domains":
+	case "domains":
+		if len(args) > 0 && (args[0] == "mark" || args[0] == "unmark") {
+			return markCommand(args[0], args[1:], stdout, stderr)
+		}
+	case "status", "top", "doctor":
 	default:
 		fmt.Fprintf(stderr, "upm: unknown command %q\n\n%s", cmd, usage)
 		return errUsage
@@ -63,6 +99,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("upm "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	format := fs.String("o", "table", "output format: table or json")
+	var limit *int
+	var interval *time.Duration
+	if cmd == "top" {
+		limit = fs.Int("n", 0, "show the first `N` processes only (0: all)")
+		interval = fs.Duration("w", 0, "redraw every `INTERVAL` (e.g. 2s) until interrupted")
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -77,6 +119,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "status":
 		return status(stdout, *format)
+	case "doctor":
+		return doctor(stdout, *format)
+	case "top":
+		if *limit < 0 || *interval < 0 {
+			fmt.Fprintf(stderr, "upm top: -n and -w cannot be negative\n")
+			return errUsage
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return top(ctx, stdout, *format, *limit, *interval)
 	default:
 		return domains(stdout, *format)
 	}

@@ -50,7 +50,8 @@ func TestDomainsWithoutUPM(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{}, {"bogus"}, {"status", "-o", "yaml"}, {"status", "extra"}, {"domains", "-x"}} {
+	for _, args := range [][]string{{}, {"bogus"}, {"status", "-o", "yaml"}, {"status", "extra"}, {"domains", "-x"}, {"top", "-n", "-1"}, {"top", "-w", "x"},
+		{"domains", "mark"}, {"domains", "mark", "/"}, {"domains", "unmark"}, {"domains", "unmark", "a", "b"}} {
 		var out, errOut bytes.Buffer
 		err := run(args, &out, &errOut)
 		assert.True(t, errors.Is(err, errUsage), "%q: %v", args, err)
