@@ -117,7 +117,7 @@ func TestUPMSwapRoundTripRemerges(t *testing.T) {
 func TestUPMCountersFollowMappings(t *testing.T) {
 	upmTest(t)
 	shared := sized(512)
-	const changed = 32
+	changed := shared / 16 // three ranges of it, one per process
 
 	var ws []*worker
 	for i := 0; i < 3; i++ {
@@ -130,7 +130,7 @@ func TestUPMCountersFollowMappings(t *testing.T) {
 	require.Equal(t, ksmCounters{shared: shared, sharing: 2 * shared}, c)
 	revisits := readCounter(t, upmDir, "revisits")
 
-	for i := 0; i < changed; i++ {
+	for i := int64(0); i < changed; i++ {
 		ws[0].must("write %d", i)
 	}
 	ws[1].must("unmap %d %d", changed, changed)
