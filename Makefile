@@ -9,6 +9,8 @@ KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
 export UPM_SELFTESTS := $(BUILD)/selftests
 # The upm package's tests, built for the guest (see vmtest/vm_test.go).
 export UPM_LIBRARY_TESTS := $(BUILD)/guest/upm.test
+# The operator's command, built for the guest, where its tests run it.
+export UPM_COMMAND := $(BUILD)/guest/upm
 MODEL := $(BUILD)/model
 # QEMU's command line (TCG: KVM guests die on our machines) is vmtest's
 # defaultQEMU; set VMTEST_QEMU to override it.
@@ -55,6 +57,7 @@ guest-tests:
 	# -fuzz=. instruments the binary for coverage, so that the Fuzz targets
 	# run guided inside the guest (TestLibraryFuzz); ordinary tests run as usual.
 	CGO_ENABLED=0 $(GO) test -c -fuzz=. -o $(UPM_LIBRARY_TESTS) .
+	CGO_ENABLED=0 $(GO) build -o $(UPM_COMMAND) ./cmd/upm
 
 test-vm: kernel guest-tests deps-vm
 	@mkdir -p $(BUILD)/results/plain

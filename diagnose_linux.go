@@ -27,7 +27,7 @@ type sysFiles struct {
 }
 
 func systemFiles() sysFiles {
-	return sysFiles{ksmDir: sysKSMDir, kpageflags: procKPageFlag, cgroupRoot: sysCgroupRoot, procCgroup: procSelfCgroup}
+	return sysFiles{ksmDir: sysKSMDir, kpageflags: procKPageFlag, cgroupRoot: CgroupV2Root(), procCgroup: procSelfCgroup}
 }
 
 // readSysInt reads a file holding one decimal number.
@@ -260,7 +260,7 @@ func regionStatus(mem []byte, b Backend, det detection) Status {
 		// Alone in a domain that is its own cgroup: nothing merges with
 		// it, now or later. Without CAP_SYS_ADMIN a marked parent would go
 		// unseen, so the state says so only when the marks are known.
-		d := readMergeDomain(sysCgroupRoot, procSelfCgroup)
+		d := readMergeDomain(CgroupV2Root(), procSelfCgroup)
 		if f := domainFindings(d); d.MarkKnown && f[len(f)-1].Code == CodeAloneInMergeDomain {
 			return Status{State: StateNotMerging, Code: CodeAloneInMergeDomain, Reason: f[len(f)-1].String()}
 		}

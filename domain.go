@@ -79,4 +79,3 @@ func UnmarkMergeDomain(dir string) error {
 func MergeDomainOf(pid int) (MergeDomain, error) {
 	return sysMergeDomainOf(pid)
 }
-

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,18 +58,38 @@ func checkCgroup2(dir string) error {
 	return nil
 }
 
-// Where the cgroup v2 hierarchy is, and this process's place in it.
+// Where the cgroup v2 hierarchy usually is, and this process's place in it.
 const (
 	sysCgroupRoot  = "/sys/fs/cgroup"
 	procSelfCgroup = "/proc/self/cgroup"
 )
+
+// CgroupV2Root returns where the cgroup v2 hierarchy is mounted:
+// /sys/fs/cgroup on systems with the unified hierarchy, else the first
+// cgroup2 mount in /proc/self/mountinfo (such as /sys/fs/cgroup/unified
+// beside a cgroup v1 layout), else /sys/fs/cgroup.
+func CgroupV2Root() string {
+	var st unix.Statfs_t
+	if unix.Statfs(sysCgroupRoot, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return sysCgroupRoot
+	}
+	mounts, err := procfs.GetMounts()
+	if err == nil {
+		for _, m := range mounts {
+			if m.FSType == "cgroup2" {
+				return m.MountPoint
+			}
+		}
+	}
+	return sysCgroupRoot
+}
 
 func sysMergeDomainOf(pid int) (MergeDomain, error) {
 	file := fmt.Sprintf("/proc/%d/cgroup", pid)
 	if _, err := os.Stat(file); err != nil {
 		return MergeDomain{Processes: -1}, fmt.Errorf("upm: merge domain of process %d: %w", pid, err)
 	}
-	return readMergeDomain(sysCgroupRoot, file), nil
+	return readMergeDomain(CgroupV2Root(), file), nil
 }
 
 // readMergeDomain finds this process's merge domain under the cgroup v2

@@ -19,3 +19,6 @@ func sysMergeDomainOf(pid int) (MergeDomain, error) {
 	return MergeDomain{Processes: -1}, fmt.Errorf("upm: merge domain of process %d: %w", pid, ErrUnsupported)
 }
 
+// CgroupV2Root returns where the cgroup v2 hierarchy is mounted on Linux:
+// /sys/fs/cgroup here, where there is none.
+func CgroupV2Root() string { return "/sys/fs/cgroup" }

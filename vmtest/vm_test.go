@@ -41,9 +41,9 @@ var guestPackages = []string{
 const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2 -no-reboot"
 
 // TestGuest runs the tests of guestPackages inside the guest: make test-vm.
-// The kselftest-style C programs built by kernel/build.sh (UPM_SELFTESTS)
-// and the upm package's test binary (UPM_LIBRARY_TESTS) go into the guest's
-// /bin; internal/integration runs them.
+// The kselftest-style C programs built by kernel/build.sh (UPM_SELFTESTS),
+// the upm package's test binary (UPM_LIBRARY_TESTS) and the upm command
+// (UPM_COMMAND) go into the guest's /bin; internal/integration runs them.
 func TestGuest(t *testing.T) {
 	packages := guestPackages
 	if v := os.Getenv("UPM_GUEST_PACKAGES"); v != "" {
@@ -64,6 +64,12 @@ func TestGuest(t *testing.T) {
 			t.Fatalf("UPM_LIBRARY_TESTS: %v (make guest-tests builds it)", err)
 		}
 		files = append(files, host+":bin/upm.test")
+	}
+	if host := os.Getenv("UPM_COMMAND"); host != "" {
+		if _, err := os.Stat(host); err != nil {
+			t.Fatalf("UPM_COMMAND: %v (make guest-tests builds it)", err)
+		}
+		files = append(files, host+":bin/upm")
 	}
 	runGuest(t, packages, nil, files...)
 }

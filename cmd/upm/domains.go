@@ -79,7 +79,7 @@ func domains(w io.Writer, format string) error {
 }
 
 // cgroupRoot is where the cgroup v2 hierarchy is mounted.
-const cgroupRoot = "/sys/fs/cgroup"
+var cgroupRoot = upm.CgroupV2Root()
 
 // cgroupDir turns a cgroup as an operator names it (/kubepods/pod1, as
 // /proc/PID/cgroup shows it, or /sys/fs/cgroup/kubepods/pod1) into its

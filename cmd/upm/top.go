@@ -73,13 +73,13 @@ func readTop(procRoot string, domainOf func(pid int) string) (topReport, error) 
 		}
 		row := procRow{PID: pid}
 		row.MergingPages, _ = strconv.ParseUint(stat["ksm_merging_pages"], 10, 64)
-		// ksm_mergeable is there since Linux 6.8; before, merged pages
-		// alone tell.
-		if stat["ksm_mergeable"] != "yes" && row.MergingPages == 0 {
+		row.RmapItems, _ = strconv.ParseUint(stat["ksm_rmap_items"], 10, 64)
+		// Linux 6.12 has no ksm_mergeable yet: there, KSM's bookkeeping
+		// (what UPM and ksmd's scans looked at) and merged pages tell.
+		if stat["ksm_mergeable"] != "yes" && row.MergingPages == 0 && row.RmapItems == 0 {
 			continue
 		}
 		row.Command, row.Cgroup = readLine(filepath.Join(dir, "comm")), readCgroup(filepath.Join(dir, "cgroup"))
-		row.RmapItems, _ = strconv.ParseUint(stat["ksm_rmap_items"], 10, 64)
 		row.ProfitBytes, _ = strconv.ParseInt(stat["ksm_process_profit"], 10, 64)
 		row.AdvisedRanges, row.AdvisedBytes = readMergeableRanges(filepath.Join(dir, "smaps"))
 		if domainOf != nil {

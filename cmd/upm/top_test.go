@@ -43,22 +43,32 @@ func TestReadTop(t *testing.T) {
 		"ksm_stat": "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\nksm_merge_any: no\nksm_mergeable: no\n",
 		"comm":     "bash\n", "cgroup": "0::/\n",
 	})
-	// A kernel before 6.8 has no ksm_mergeable: merged pages tell.
+	// Linux 6.12 has no ksm_mergeable: merged pages tell, and
+	// rmap_items (a UPM process alone in its domain merges nothing).
 	writeProc(t, root, "400", map[string]string{
-		"ksm_stat": "ksm_rmap_items 3\nksm_merging_pages 2\nksm_process_profit 8000\n",
+		"ksm_stat": "ksm_rmap_items 3\nksm_zero_pages 0\nksm_merging_pages 2\nksm_process_profit 8000\n",
 		"comm":     "old\n", "cgroup": "0::/x\n",
+	})
+	writeProc(t, root, "500", map[string]string{
+		"ksm_stat": "ksm_rmap_items 64\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit -4096\n",
+		"comm":     "alone\n", "cgroup": "0::/y\n",
+	})
+	writeProc(t, root, "600", map[string]string{
+		"ksm_stat": "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n",
+		"comm":     "idle\n", "cgroup": "0::/\n",
 	})
 	writeProc(t, root, "self", nil) // not a pid
 	require.NoError(t, os.WriteFile(filepath.Join(root, "meminfo"), nil, 0o644))
 
 	r, err := readTop(root, func(pid int) string { return map[int]string{100: "fn/imageclass"}[pid] })
 	require.NoError(t, err)
-	require.Len(t, r.Processes, 3)
+	require.Len(t, r.Processes, 4)
 	assert.Equal(t, procRow{PID: 100, Command: "imageclass", Cgroup: "/fn/imageclass/0", Domain: "fn/imageclass",
 		MergingPages: 500, RmapItems: 513, ProfitBytes: 2015232, AdvisedRanges: 2, AdvisedBytes: (2048 + 4) << 10}, r.Processes[0])
 	assert.Equal(t, 400, r.Processes[1].PID, "by profit, largest first")
 	assert.Equal(t, 200, r.Processes[2].PID)
 	assert.Equal(t, int64(-640), r.Processes[2].ProfitBytes, "bookkeeping without merged pages costs")
+	assert.Equal(t, 500, r.Processes[3].PID)
 
 	var out bytes.Buffer
 	require.NoError(t, writeTop(&out, r, "table", 1))
