@@ -11,6 +11,7 @@
 //	upm domains mark CGROUP NAME           put CGROUP's subtree into merge domain NAME
 //	upm domains unmark CGROUP              take the mark off again
 //	upm doctor [-o table|json]             what keeps memory from merging, in plain words
+//	upm exporter [-listen ADDR]            Prometheus metrics of the node and each domain
 //	upm help                               this text
 //
 // Install it with go install github.com/upm-project/upm/cmd/upm@latest.
@@ -28,6 +29,9 @@ import (
 	"syscall"
 	"time"
 )
+
+// defaultListen is the exporter's address unless -listen says otherwise.
+const defaultListen = ":9477"
 
 // errUsage marks a mistake in the command line: exit status 2, as flag does.
 var errUsage = errors.New("usage")
@@ -57,6 +61,13 @@ Usage:
 		upm-ksmd-stopped, ksm-unmerging, ksmd-idle, ksmd-running, ...) and
 		node-alone-in-domain, node-domains-unknown, node-near-page-limit,
 		node-ksmd-scan-time, node-processes-unreadable
+	upm exporter [-listen ADDR]
+		serve Prometheus metrics at http://ADDR/metrics (default :9477),
+		read from the kernel at each scrape: memory saved, KSM's pages and
+		ksmd's CPU time, UPM's counters (pages advised, merged, skipped,
+		candidates, index memory, calls and their time, revisits) and each
+		merge domain's processes, pages, candidates, index memory and
+		bytes saved (upm_domain_*{domain="..."}; root only)
 	upm help
 		this text
 
@@ -91,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if len(args) > 0 && (args[0] == "mark" || args[0] == "unmark") {
 			return markCommand(args[0], args[1:], stdout, stderr)
 		}
-	case "status", "top", "doctor":
+	case "status", "top", "doctor", "exporter":
 	default:
 		fmt.Fprintf(stderr, "upm: unknown command %q\n\n%s", cmd, usage)
 		return errUsage
@@ -101,6 +112,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	format := fs.String("o", "table", "output format: table or json")
 	var limit *int
 	var interval *time.Duration
+	var listen *string
+	if cmd == "exporter" {
+		listen = fs.String("listen", defaultListen, "serve /metrics on `ADDR`")
+	}
 	if cmd == "top" {
 		limit = fs.Int("n", 0, "show the first `N` processes only (0: all)")
 		interval = fs.Duration("w", 0, "redraw every `INTERVAL` (e.g. 2s) until interrupted")
@@ -121,6 +136,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return status(stdout, *format)
 	case "doctor":
 		return doctor(stdout, *format)
+	case "exporter":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return exporter(ctx, stderr, *listen, nil)
 	case "top":
 		if *limit < 0 || *interval < 0 {
 			fmt.Fprintf(stderr, "upm top: -n and -w cannot be negative\n")

@@ -6,14 +6,20 @@
 package integration
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -85,8 +91,8 @@ func (d commandDoctor) alone() []int {
 // TestCommandOnTheNode runs the upm command against real processes in real
 // cgroups: doctor names two instances that are each alone in their own
 // cgroup's domain and stops naming them once upm domains mark gives their
-// cgroups one name; after they advise again, top and domains show what the
-// kernel counts for them (ksm_stat, the domains file).
+// cgroups one name; after they advise again, top, domains and the exporter
+// show what the kernel counts for them (ksm_stat, the domains file).
 func TestCommandOnTheNode(t *testing.T) {
 	upmTest(t)
 	_, err := os.Stat(upmCommand)
@@ -149,6 +155,25 @@ func TestCommandOnTheNode(t *testing.T) {
 	assert.Equal(t, kernel.PagesShared, rows[i].PagesShared, "as the kernel counts")
 	assert.Equal(t, kernel.IndexBytes, rows[i].IndexBytes, "as the kernel counts")
 
+	// The exporter, scraped over HTTP and read with Prometheus' parser,
+	// says what the kernel says.
+	families := scrapeExporter(t)
+	domainValue := func(family string) float64 {
+		for _, m := range families[family].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "domain" && l.GetValue() == name {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		t.Fatalf("no %s{domain=%q} in the exporter's metrics", family, name)
+		return 0
+	}
+	assert.Equal(t, float64(kernel.PagesShared), domainValue("upm_domain_pages_shared"))
+	assert.Equal(t, float64(kernel.PagesSharing), domainValue("upm_domain_pages_sharing"))
+	assert.Equal(t, float64(2), domainValue("upm_domain_processes"))
+	assert.Equal(t, float64(kernel.SavedBytes()), domainValue("upm_domain_saved_bytes"))
+
 	runCommand(t, nil, "domains", "unmark", "/upmcmd/pod0")
 	dom, err := upm.MergeDomainOf(pids[0])
 	require.NoError(t, err)
@@ -157,4 +182,31 @@ func TestCommandOnTheNode(t *testing.T) {
 		w.must("check")
 		w.exit()
 	}
+}
+
+// scrapeExporter runs upm exporter on a free port of the loopback, scrapes
+// /metrics once and parses it.
+func scrapeExporter(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	cmd := exec.Command(upmCommand, "exporter", "-listen", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	// "upm exporter: serving http://ADDR/metrics"
+	line, err := bufio.NewReader(stderr).ReadString('\n')
+	require.NoError(t, err)
+	_, url, ok := strings.Cut(strings.TrimSpace(line), "serving ")
+	require.True(t, ok, "the exporter says where it serves: %q", line)
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	require.NoError(t, err)
+	return families
 }
