@@ -12,6 +12,7 @@
 //	upm domains unmark CGROUP              take the mark off again
 //	upm doctor [-o table|json]             what keeps memory from merging, in plain words
 //	upm exporter [-listen ADDR]            Prometheus metrics of the node and each domain
+//	upm oci-hook                           OCI hook: a container's cgroup joins the domain its annotation names
 //	upm help                               this text
 //
 // Install it with go install github.com/upm-project/upm/cmd/upm@latest.
@@ -29,6 +30,9 @@ import (
 	"syscall"
 	"time"
 )
+
+// stdin is where oci-hook reads the container's state; tests replace it.
+var stdin io.Reader = os.Stdin
 
 // defaultListen is the exporter's address unless -listen says otherwise.
 const defaultListen = ":9477"
@@ -68,6 +72,12 @@ Usage:
 		candidates, index memory, calls and their time, revisits) and each
 		merge domain's processes, pages, candidates, index memory and
 		bytes saved (upm_domain_*{domain="..."}; root only)
+	upm oci-hook
+		an OCI runtime hook (createRuntime): reads the container's state
+		on stdin and marks its cgroup with the merge domain its
+		io.upm.domain annotation names, so that every container of one
+		function shares; no annotation, or a kernel without UPM: the
+		container is left alone; a bad state or name: exit status 1
 	upm help
 		this text
 
@@ -102,6 +112,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if len(args) > 0 && (args[0] == "mark" || args[0] == "unmark") {
 			return markCommand(args[0], args[1:], stdout, stderr)
 		}
+	case "oci-hook":
+		if len(args) > 0 {
+			fmt.Fprintf(stderr, "upm oci-hook: unexpected argument %q (the state comes on stdin)\n", args[0])
+			return errUsage
+		}
+		return ociHook(stdin, stdout, stderr)
 	case "status", "top", "doctor", "exporter":
 	default:
 		fmt.Fprintf(stderr, "upm: unknown command %q\n\n%s", cmd, usage)

@@ -210,3 +210,54 @@ func scrapeExporter(t *testing.T) map[string]*dto.MetricFamily {
 	require.NoError(t, err)
 	return families
 }
+
+// TestCommandOCIHook gives upm oci-hook the state a runtime would (the
+// container's process and its io.upm.domain annotation): the hook marks the
+// process's cgroup, and two "containers" so marked, each in a cgroup of its
+// own, share their pages; a container without the annotation is left alone.
+func TestCommandOCIHook(t *testing.T) {
+	upmTest(t)
+	pages := sized(256)
+	root := cgroupV2Root(t)
+	makeCgroups(t, root, "upmhook/ctr0", "upmhook/ctr1", "upmhook/plain")
+	name := "upmhook-fn"
+	var ws []*worker
+	for i, ctr := range []string{"ctr0", "ctr1", "plain"} {
+		w := startWorker(t)
+		w.moveTo(filepath.Join(root, "upmhook", ctr))
+		state := map[string]any{"ociVersion": "1.2.0", "id": ctr, "status": "creating",
+			"pid": w.cmd.Process.Pid, "bundle": "/run/" + ctr}
+		if i < 2 {
+			state["annotations"] = map[string]string{"io.upm.domain": name}
+		}
+		b, err := json.Marshal(state)
+		require.NoError(t, err)
+		cmd := exec.Command(upmCommand, "oci-hook")
+		cmd.Stdin = strings.NewReader(string(b))
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "upm oci-hook: %s", out)
+		d, err := upm.MergeDomainOf(w.cmd.Process.Pid)
+		require.NoError(t, err)
+		if i < 2 {
+			assert.Equal(t, name, d.Name, "%s: %s", ctr, out)
+		} else {
+			assert.False(t, d.Marked, "%s without the annotation is left alone: %+v", ctr, d)
+		}
+		w.must("map %d 0 6", pages)
+		require.Equal(t, "upm", w.must("advise 0 %d", pages))
+		ws = append(ws, w)
+	}
+	assert.Equal(t, pages, ws[1].mustInt("stat"), "the two annotated containers share")
+	assert.Zero(t, ws[2].mustInt("stat"), "the plain one is a domain of its own")
+
+	bad := exec.Command(upmCommand, "oci-hook")
+	bad.Stdin = strings.NewReader(`{"id": "x", "pid": 1, "annotations": {"io.upm.domain": "no spaces allowed"}}`)
+	out, err := bad.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "a bad name fails the hook: %s", out)
+	assert.Equal(t, 1, exit.ExitCode())
+	for _, w := range ws {
+		w.must("check")
+		w.exit()
+	}
+}
