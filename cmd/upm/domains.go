@@ -9,15 +9,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/upm-project/upm"
 )
 
-// domainRow is one merge domain as upm domains shows it.
+// domainRow is one merge domain as upm domains shows it. On stock KSM,
+// which has no merge domains, a row is a cgroup, summed over its processes
+// from /proc (Source "ksm-cgroup").
 type domainRow struct {
-	Domain       string `json:"domain"` // the name, or "cgroup:ID"
+	Source       string `json:"source"` // "upm", or "ksm-cgroup"
+	Domain       string `json:"domain"` // the name, or "cgroup:ID" ("cgroup:/path" on KSM)
 	Name         string `json:"name,omitempty"`
 	CgroupID     uint64 `json:"cgroup_id,omitempty"`
 	Processes    uint64 `json:"processes"`
@@ -25,7 +29,35 @@ type domainRow struct {
 	PagesSharing uint64 `json:"pages_sharing"`
 	Candidates   uint64 `json:"candidates"`
 	IndexBytes   uint64 `json:"index_bytes"`
-	SavedBytes   int64  `json:"saved_bytes"`
+	// MergingPages is the sum of the processes' ksm_merging_pages (KSM).
+	MergingPages uint64 `json:"merging_pages,omitempty"`
+	// SavedBytes: the domain's pages sharing times the page size (UPM), or
+	// the sum of the processes' ksm_process_profit (KSM).
+	SavedBytes int64 `json:"saved_bytes"`
+}
+
+// ksmCgroupRows sums, per cgroup, the processes top shows: stock KSM's
+// closest thing to per-domain figures.
+func ksmCgroupRows(r topReport) []domainRow {
+	byCgroup := map[string]*domainRow{}
+	var order []string
+	for _, p := range r.Processes {
+		row, ok := byCgroup[p.Cgroup]
+		if !ok {
+			row = &domainRow{Source: "ksm-cgroup", Domain: "cgroup:" + p.Cgroup}
+			byCgroup[p.Cgroup] = row
+			order = append(order, p.Cgroup)
+		}
+		row.Processes++
+		row.MergingPages += p.MergingPages
+		row.SavedBytes += p.ProfitBytes
+	}
+	rows := []domainRow{}
+	for _, c := range order {
+		rows = append(rows, *byCgroup[c])
+	}
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].SavedBytes > rows[j].SavedBytes })
+	return rows
 }
 
 // errNoDomains says why there are no per-domain figures to show.
@@ -36,8 +68,16 @@ func readDomains() ([]domainRow, error) {
 	if err != nil && !st.UPM.Present {
 		return nil, err
 	}
+	if !st.UPM.Present && st.KSM.Present {
+		// Stock KSM knows no merge domains: per cgroup, from /proc.
+		top, terr := readTop("/proc", nil)
+		if terr != nil {
+			return nil, terr
+		}
+		return ksmCgroupRows(top), nil
+	}
 	if !st.UPM.Present {
-		return nil, fmt.Errorf("%w: the kernel has no UPM (stock KSM does not know merge domains)", errNoDomains)
+		return nil, fmt.Errorf("%w: the kernel has neither UPM nor KSM", errNoDomains)
 	}
 	if !st.UPM.DomainsReadable {
 		return nil, fmt.Errorf("%w: /sys/kernel/mm/upm/domains is readable by root only (domain names are tenants' data), or this UPM kernel has no such file", errNoDomains)
@@ -48,7 +88,7 @@ func readDomains() ([]domainRow, error) {
 		if id == "" {
 			id = fmt.Sprintf("cgroup:%d", d.CgroupID)
 		}
-		rows = append(rows, domainRow{Domain: id, Name: d.Name, CgroupID: d.CgroupID, Processes: d.Processes,
+		rows = append(rows, domainRow{Source: "upm", Domain: id, Name: d.Name, CgroupID: d.CgroupID, Processes: d.Processes,
 			PagesShared: d.PagesShared, PagesSharing: d.PagesSharing, Candidates: d.Candidates,
 			IndexBytes: d.IndexBytes, SavedBytes: d.SavedBytes()})
 	}
@@ -67,6 +107,16 @@ func domains(w io.Writer, format string) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	if len(rows) > 0 && rows[0].Source == "ksm-cgroup" || len(rows) == 0 && !upmPresent() {
+		fmt.Fprintln(tw, "CGROUP (stock KSM: no merge domains)\tPROCESSES\tMERGING PAGES\tPROFIT\t")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t\n", r.Domain, r.Processes, r.MergingPages, humanBytes(r.SavedBytes))
+		}
+		if ferr := tw.Flush(); ferr != nil {
+			return ferr
+		}
+		return err
+	}
 	fmt.Fprintln(tw, "DOMAIN\tPROCESSES\tPAGES SHARED\tPAGES SHARING\tCANDIDATES\tINDEX\tSAVED\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t\n", r.Domain, r.Processes, r.PagesShared, r.PagesSharing,
@@ -130,4 +180,9 @@ func markCommand(verb string, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "marked %s as merge domain %q: its processes share with every cgroup so marked from their next advise\n", dir, args[1])
 	return nil
+}
+
+func upmPresent() bool {
+	st, _ := upm.ReadSystemStats()
+	return st.UPM.Present
 }

@@ -52,7 +52,9 @@ Usage:
 		advised ranges; -n shows the first N, -w redraws every INTERVAL
 	upm domains [-o table|json]
 		each merge domain: name or cgroup, processes, pages shared and
-		sharing, candidates, index memory, bytes saved (UPM kernel)
+		sharing, candidates, index memory, bytes saved (UPM kernel; root);
+		on stock KSM, which has no domains, each cgroup's processes,
+		merging pages and profit, summed from /proc
 	upm domains mark CGROUP NAME
 		put the cgroup CGROUP and its subtree into the merge domain NAME:
 		cgroups marked with one name share pages, unmarked ones share

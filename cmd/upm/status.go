@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/upm-project/upm"
@@ -14,10 +16,12 @@ import (
 
 // statusReport is what upm status shows; its JSON form is for scripts.
 type statusReport struct {
-	Backend       string     `json:"backend"`
-	BackendReason string     `json:"backend_reason,omitempty"`
-	KSM           *ksmStatus `json:"ksm,omitempty"`
-	UPM           *upmStatus `json:"upm,omitempty"`
+	Backend       string `json:"backend"`
+	BackendReason string `json:"backend_reason,omitempty"`
+	// Kernel is the running kernel's release (uname -r).
+	Kernel string     `json:"kernel"`
+	KSM    *ksmStatus `json:"ksm,omitempty"`
+	UPM    *upmStatus `json:"upm,omitempty"`
 	// SavedBytes is the memory merging saves on this node: pages sharing
 	// a merged page beyond the first, UPM's included.
 	SavedBytes int64 `json:"saved_bytes"`
@@ -27,10 +31,13 @@ type ksmStatus struct {
 	Run            uint64 `json:"run"`
 	PagesToScan    uint64 `json:"pages_to_scan"`
 	SleepMillisecs uint64 `json:"sleep_millisecs"`
-	PagesShared    uint64 `json:"pages_shared"`
-	PagesSharing   uint64 `json:"pages_sharing"`
-	FullScans      uint64 `json:"full_scans"`
-	GeneralProfit  int64  `json:"general_profit"`
+	// Advisor is the KSM advisor's mode (none, scan-time), empty before
+	// Linux 6.9.
+	Advisor       string `json:"advisor,omitempty"`
+	PagesShared   uint64 `json:"pages_shared"`
+	PagesSharing  uint64 `json:"pages_sharing"`
+	FullScans     uint64 `json:"full_scans"`
+	GeneralProfit int64  `json:"general_profit"`
 }
 
 type upmStatus struct {
@@ -48,7 +55,7 @@ type upmStatus struct {
 }
 
 func readStatus() (statusReport, error) {
-	r := statusReport{Backend: upm.CurrentBackend().String()}
+	r := statusReport{Backend: upm.CurrentBackend().String(), Kernel: kernelRelease()}
 	if err := upm.BackendReason(); err != nil {
 		r.BackendReason = err.Error()
 	}
@@ -61,6 +68,7 @@ func readStatus() (statusReport, error) {
 			Run: st.KSM.Run, PagesToScan: st.KSM.PagesToScan, SleepMillisecs: st.KSM.SleepMillisecs,
 			PagesShared: st.KSM.PagesShared, PagesSharing: st.KSM.PagesSharing,
 			FullScans: st.KSM.FullScans, GeneralProfit: st.KSM.GeneralProfit,
+			Advisor: ksmAdvisor("/sys/kernel/mm/ksm/advisor_mode"),
 		}
 		r.SavedBytes = st.KSM.SavedBytes()
 	}
@@ -87,12 +95,16 @@ func status(w io.Writer, format string) error {
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "backend\t%s\n", r.Backend)
+	fmt.Fprintf(tw, "kernel\t%s\n", r.Kernel)
 	if r.BackendReason != "" {
 		fmt.Fprintf(tw, "\t%s\n", r.BackendReason)
 	}
 	if k := r.KSM; k != nil {
 		run := map[uint64]string{0: "stopped", 1: "merging", 2: "unmerging all"}[k.Run]
 		fmt.Fprintf(tw, "ksmd\t%s (run=%d), %d pages every %d ms\n", run, k.Run, k.PagesToScan, k.SleepMillisecs)
+		if k.Advisor != "" {
+			fmt.Fprintf(tw, "KSM advisor\t%s\n", k.Advisor)
+		}
 		fmt.Fprintf(tw, "KSM pages\t%d shared, %d sharing, %d full scans\n", k.PagesShared, k.PagesSharing, k.FullScans)
 		fmt.Fprintf(tw, "KSM general profit\t%s\n", humanBytes(k.GeneralProfit))
 	}
@@ -123,4 +135,19 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/k)
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// ksmAdvisor reads advisor_mode, whose selected value is in brackets:
+// "[none] scan-time".
+func ksmAdvisor(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, f := range strings.Fields(string(data)) {
+		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
+			return strings.Trim(f, "[]")
+		}
+	}
+	return ""
 }
