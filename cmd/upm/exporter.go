@@ -25,9 +25,9 @@ import (
 type nodeCollector struct {
 	savedBytes, ksmShared, ksmSharing, ksmUnshared, ksmFullScans, ksmdCPU  *prometheus.Desc
 	upmAdvised, upmMerged, upmSkipped, upmCandidates, upmIndexBytes        *prometheus.Desc
-	upmCalls, upmCallSeconds, upmRevisits, upmRemerged                     *prometheus.Desc
+	upmCalls, upmCallSeconds, upmRevisits                                  *prometheus.Desc
 	domProcesses, domShared, domSharing, domCandidates, domIndex, domSaved *prometheus.Desc
-	up                                                                     *prometheus.Desc
+	up, domainsReadable                                                    *prometheus.Desc
 }
 
 func newNodeCollector() *nodeCollector {
@@ -50,7 +50,6 @@ func newNodeCollector() *nodeCollector {
 		upmCalls:       d("upm_calls_total", "MADV_UPM_MERGE calls."),
 		upmCallSeconds: d("upm_call_seconds_total", "Time spent in MADV_UPM_MERGE calls, in the advising processes."),
 		upmRevisits:    d("upm_revisits_total", "Times UPM looked at a process's merged memory again after swap-in, copy-on-write or unmap."),
-		upmRemerged:    d("upm_pages_remerged_total", "Pages UPM merged again after they came back from swap."),
 		domProcesses:   d("upm_domain_processes", "Processes whose last advise was in the merge domain.", "domain"),
 		domShared:      d("upm_domain_pages_shared", "KSM pages of the merge domain.", "domain"),
 		domSharing:     d("upm_domain_pages_sharing", "Further mappings of the merge domain's KSM pages.", "domain"),
@@ -98,6 +97,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		n(c.upmCalls, float64(u.Calls))
 		n(c.upmCallSeconds, u.CallTime.Seconds())
 		n(c.upmRevisits, float64(u.Revisits))
+		readable := 0.0
+		if u.DomainsReadable {
+			readable = 1
+		}
+		g(c.domainsReadable, readable)
 		for _, d := range u.Domains {
 			id := d.Name
 			if id == "" {
