@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"testing"
 
 	"github.com/prometheus/common/expfmt"
@@ -52,4 +53,14 @@ func TestExporterServesTheKernelsFigures(t *testing.T) {
 
 	cancel()
 	require.NoError(t, <-done)
+}
+
+// TestCollectorDescribesEverything: every metric the collector may emit
+// has its description, on this kernel or another (a nil one panics the
+// scrape where the series is emitted, e.g. only on a UPM kernel).
+func TestCollectorDescribesEverything(t *testing.T) {
+	c := reflect.ValueOf(newNodeCollector()).Elem()
+	for i := 0; i < c.NumField(); i++ {
+		assert.False(t, c.Field(i).IsNil(), "nodeCollector.%s has no description", c.Type().Field(i).Name)
+	}
 }
