@@ -63,24 +63,26 @@ func ksmCgroupRows(r topReport) []domainRow {
 // errNoDomains says why there are no per-domain figures to show.
 var errNoDomains = errors.New("no per-domain statistics")
 
-func readDomains() ([]domainRow, error) {
+// readDomains returns the rows and where they come from: "upm", or
+// "ksm-cgroup" on stock KSM.
+func readDomains() ([]domainRow, string, error) {
 	st, err := upm.ReadSystemStats()
 	if err != nil && !st.UPM.Present {
-		return nil, err
+		return nil, "", err
 	}
 	if !st.UPM.Present && st.KSM.Present {
 		// Stock KSM knows no merge domains: per cgroup, from /proc.
 		top, terr := readTop("/proc", nil)
 		if terr != nil {
-			return nil, terr
+			return nil, "", terr
 		}
-		return ksmCgroupRows(top), nil
+		return ksmCgroupRows(top), "ksm-cgroup", nil
 	}
 	if !st.UPM.Present {
-		return nil, fmt.Errorf("%w: the kernel has neither UPM nor KSM", errNoDomains)
+		return nil, "", fmt.Errorf("%w: the kernel has neither UPM nor KSM", errNoDomains)
 	}
 	if !st.UPM.DomainsReadable {
-		return nil, fmt.Errorf("%w: /sys/kernel/mm/upm/domains is readable by root only (domain names are tenants' data), or this UPM kernel has no such file", errNoDomains)
+		return nil, "", fmt.Errorf("%w: /sys/kernel/mm/upm/domains is readable by root only (domain names are tenants' data), or this UPM kernel has no such file", errNoDomains)
 	}
 	rows := []domainRow{}
 	for _, d := range st.UPM.Domains {
@@ -92,11 +94,11 @@ func readDomains() ([]domainRow, error) {
 			PagesShared: d.PagesShared, PagesSharing: d.PagesSharing, Candidates: d.Candidates,
 			IndexBytes: d.IndexBytes, SavedBytes: d.SavedBytes()})
 	}
-	return rows, err
+	return rows, "upm", err
 }
 
 func domains(w io.Writer, format string) error {
-	rows, err := readDomains()
+	rows, source, err := readDomains()
 	if rows == nil {
 		return err
 	}
@@ -107,7 +109,7 @@ func domains(w io.Writer, format string) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	if len(rows) > 0 && rows[0].Source == "ksm-cgroup" || len(rows) == 0 && !upmPresent() {
+	if source == "ksm-cgroup" {
 		fmt.Fprintln(tw, "CGROUP (stock KSM: no merge domains)\tPROCESSES\tMERGING PAGES\tPROFIT\t")
 		for _, r := range rows {
 			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t\n", r.Domain, r.Processes, r.MergingPages, humanBytes(r.SavedBytes))
@@ -180,9 +182,4 @@ func markCommand(verb string, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "marked %s as merge domain %q: its processes share with every cgroup so marked from their next advise\n", dir, args[1])
 	return nil
-}
-
-func upmPresent() bool {
-	st, _ := upm.ReadSystemStats()
-	return st.UPM.Present
 }
