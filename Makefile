@@ -15,7 +15,7 @@ MODEL := $(BUILD)/model
 # QEMU's command line (TCG: KVM guests die on our machines) is vmtest's
 # defaultQEMU; set VMTEST_QEMU to override it.
 
-.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench model guest-tests guest-function deps-vm clean
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench bench-advise model guest-tests guest-function deps-vm clean
 
 # The Go modules of the repository: the library, the examples, the density
 # benchmark and the VM rig.
@@ -94,7 +94,8 @@ guest-function:
 define run-bench
 	@mkdir -p $(1)
 	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(1) \
-		UPM_BENCH=1 UPM_MODEL_DIR=$(MODEL) UPM_BENCH_FUNCTION=$(FUNCTION) \
+		UPM_BENCH=1 UPM_BENCH_RUN='BenchmarkDensity|BenchmarkHash' \
+		UPM_MODEL_DIR=$(MODEL) UPM_BENCH_FUNCTION=$(FUNCTION) \
 		UPM_BENCH_N=$${UPM_BENCH_N:-$(2)} UPM_BENCH_COUNT=$${UPM_BENCH_COUNT:-$(3)} \
 		$(GO) test -v -count=1 -timeout 240m -run 'TestBench$$' ./...
 	cd bench && $(GO) tool benchstat -row /n -col /config $(1)/bench.txt >$(1)/benchstat.txt
@@ -115,6 +116,22 @@ bench: kernel model guest-function deps-vm
 	$(call run-bench,$(BUILD)/results/bench,1$(comma)2$(comma)4$(comma)8$(comma)16,3)
 
 comma := ,
+
+## bench-advise: UPM's advise call on its own (BenchmarkAdvise: cost per page
+## from 32 MiB to 1 GiB in 4 KiB and huge pages; bursts of 1 to 16 advisers at
+## the same moment against one after the other) into build/results/advise.
+## The guest gets 5 GiB (two processes of 1 GiB at once) and
+## UPM_BENCH_SMP vCPUs (2).
+ADVISE_RESULTS := $(BUILD)/results/advise
+bench-advise: kernel model guest-function deps-vm
+	@mkdir -p $(ADVISE_RESULTS)
+	rm -f $(ADVISE_RESULTS)/advise.txt
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_RESULTS_DIR=$(ADVISE_RESULTS) \
+		VMTEST_QEMU="qemu-system-x86_64 -accel tcg -cpu max -m 5120 -smp $${UPM_BENCH_SMP:-2} -no-reboot" \
+		UPM_BENCH=1 UPM_BENCH_RUN=BenchmarkAdvise UPM_MODEL_DIR=$(MODEL) UPM_BENCH_FUNCTION=$(FUNCTION) \
+		$(GO) test -v -count=1 -timeout 120m -run 'TestBench$$' ./...
+	cd bench && $(GO) tool benchstat $(ADVISE_RESULTS)/advise.txt >$(ADVISE_RESULTS)/benchstat.txt
+	@cat $(ADVISE_RESULTS)/benchstat.txt
 
 clean:
 	rm -rf $(BUILD)

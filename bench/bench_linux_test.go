@@ -21,6 +21,9 @@ import (
 var report *Report
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(AdviserEnv); spec != "" {
+		os.Exit(RunAdviser(spec))
+	}
 	// The harness itself advises nothing; each instance gets its own
 	// UPM_BACKEND.
 	os.Setenv("UPM_BACKEND", "none")
@@ -29,6 +32,11 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
+	}
+	// The guest runs every benchmark (-test.bench=.); UPM_BENCH_RUN
+	// chooses, as make demo, make bench and make bench-advise do.
+	if v := os.Getenv("UPM_BENCH_RUN"); v != "" {
+		_ = flag.Set("test.bench", v)
 	}
 	if flag.Lookup("test.benchtime").Value.String() == "1s" {
 		_ = flag.Set("test.benchtime", "1x")
