@@ -72,9 +72,9 @@ test-vm-debug: kernel-debug guest-tests deps-vm
 		UPM_KERNEL_FLAVOUR=debug $(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 
 ## vm: boot the plain kernel and run chosen guest tests, e.g.
-##   make vm RUN=TestUPMMergesAtOnce
+##   make vm RUN=TestUPMMergesAtOnce [COUNT=10]
 vm: kernel guest-tests deps-vm
-	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_TEST_RUN='$(RUN)' \
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PLAIN) UPM_TEST_RUN='$(RUN)' UPM_TEST_COUNT='$(COUNT)' \
 		$(GO) test -v -count=1 -timeout 60m -run 'TestGuest$$' ./...
 
 model:

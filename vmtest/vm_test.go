@@ -185,7 +185,7 @@ func kernelArgs() []string {
 	if flavour := os.Getenv("UPM_KERNEL_FLAVOUR"); flavour != "" {
 		args = append(args, "UPM_KERNEL_FLAVOUR="+flavour)
 	}
-	for _, name := range []string{"UPM_TEST_RUN", "UPM_LIBRARY_RUN", "UPM_FUZZ_SEED", "UPM_FUZZ_SECONDS"} {
+	for _, name := range []string{"UPM_TEST_RUN", "UPM_TEST_COUNT", "UPM_LIBRARY_RUN", "UPM_FUZZ_SEED", "UPM_FUZZ_SECONDS"} {
 		if v := os.Getenv(name); v != "" {
 			args = append(args, name+"="+v)
 		}

@@ -7,8 +7,10 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,7 +47,17 @@ func reclaimKSMMappings(t *testing.T, cg string, ws []*worker, pages, enough int
 		return n
 	}
 	all := int64(len(ws)) * pages
-	for try := 0; try < 50 && present() > all-enough; try++ {
+	outcomes := map[string]int{}
+	// Bounded by time, not by a count of tries: reclaim decides whether
+	// to move anon pages from the active list to the inactive one from
+	// the cgroup's LRU sizes as last flushed (vmscan.c,
+	// prepare_scan_control()), and the periodic flush comes every 2 s.
+	// The first reclaim activates every KSM page (two young mappings);
+	// until the next flush shows the inactive list empty, no try
+	// deactivates them, and 50 quick tries could all fall in that window
+	// (seen in CI: all anon active, pgdeactivate 0).
+	deadline := time.Now().Add(30 * time.Second)
+	for present() > all-enough && time.Now().Before(deadline) {
 		fd, err := unix.Open(filepath.Join(cg, "memory.reclaim"), unix.O_WRONLY, 0)
 		require.NoError(t, err)
 		_, err = unix.Write(fd, []byte(strconv.FormatInt(4*pages*pageSize, 10)))
@@ -53,11 +65,41 @@ func reclaimKSMMappings(t *testing.T, cg string, ws []*worker, pages, enough int
 		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
 			t.Fatalf("memory.reclaim: %v", err)
 		}
+		outcomes[fmt.Sprint(err)]++
+		if err != nil {
+			time.Sleep(250 * time.Millisecond)
+		}
 	}
 	out := all - present()
-	require.GreaterOrEqual(t, out, enough, "merged pages went to swap")
+	require.GreaterOrEqual(t, out, enough, "merged pages went to swap; memory.reclaim returned %v\n%s", outcomes, reclaimState(t, cg))
 	t.Logf("%d of %d mappings of KSM pages swapped out; memory.swap.current %d kB", out, all, readCounter(t, cg, "memory.swap.current")>>10)
 	return out
+}
+
+// reclaimState is what says why reclaim took no KSM page: the cgroup's
+// LRU sizes and scan counts, and the swap devices.
+func reclaimState(t *testing.T, cg string) string {
+	t.Helper()
+	var b strings.Builder
+	stat, err := os.ReadFile(filepath.Join(cg, "memory.stat"))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(stat), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		switch name {
+		case "anon", "file", "active_anon", "inactive_anon", "active_file", "inactive_file", "unevictable",
+			"pgscan", "pgsteal", "pgactivate", "pgdeactivate", "pgrefill", "swpout_zero", "zswpout":
+			fmt.Fprintf(&b, "memory.stat %s\n", line)
+		}
+	}
+	for _, name := range []string{"memory.current", "memory.swap.current", "memory.swap.max"} {
+		v, err := os.ReadFile(filepath.Join(cg, name))
+		require.NoError(t, err)
+		fmt.Fprintf(&b, "%s %s", name, v)
+	}
+	swaps, err := os.ReadFile("/proc/swaps")
+	require.NoError(t, err)
+	b.Write(swaps)
+	return b.String()
 }
 
 // TestUPMSwapRoundTripRemerges swaps merged pages out to zram and back in

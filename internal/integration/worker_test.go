@@ -74,6 +74,10 @@ func TestMain(m *testing.M) {
 	if run := os.Getenv("UPM_TEST_RUN"); run != "" {
 		_ = flag.Set("test.run", run)
 	}
+	// UPM_TEST_COUNT=N runs them N times in one boot, to chase a flaky one.
+	if n := os.Getenv("UPM_TEST_COUNT"); n != "" {
+		_ = flag.Set("test.count", n)
+	}
 	if v := os.Getenv("UPM_GO_TEST_TIMEOUT"); v != "" {
 		_ = flag.Set("test.timeout", v)
 	}
