@@ -213,6 +213,34 @@ func TestUPMTransparentHugePages(t *testing.T) {
 	b.exit()
 }
 
+// TestUPMHugePageAroundAPage advises a THP that is PTE-mapped with a page of
+// another folio between two runs of its subpages, as after MADV_DONTNEED
+// and a refault of one subpage (or a partial copy on write), all within
+// one batch of the kernel's. Every page must merge: a batch that held the
+// folio once per run could not split it, and left the first run unmerged
+// (UPM_BUSY, pages_skipped) until the next advise.
+func TestUPMHugePageAroundAPage(t *testing.T) {
+	upmTest(t)
+	const shared = 1024 // 4 MiB: two huge pages
+	first, joiner := startWorker(t), startWorker(t)
+	first.must("map %d 0 1 hugepage", shared)
+	joiner.must("map %d 0 2 hugepage", shared)
+	require.Equal(t, "512", joiner.must("thppages 0 512"), "the joiner's first 2 MiB is one THP, or the test shows nothing")
+	first.must("advise 0 %d", shared)
+
+	require.Equal(t, "0", joiner.must("madvise %d 10 1", unix.MADV_DONTNEED))
+	joiner.must("fill 10 1")
+	require.Equal(t, "511", joiner.must("thppages 0 512"), "page 10 is a small page of its own between subpages of the THP")
+	skipped := readCounter(t, upmDir, "pages_skipped")
+	joiner.must("advise 0 %d", shared)
+	assert.Equal(t, int64(0), readCounter(t, upmDir, "pages_skipped")-skipped, "pages UPM left unmerged")
+	assert.Equal(t, int64(shared), joiner.mustInt("stat"), "ksm_merging_pages")
+	first.must("check")
+	joiner.must("check")
+	first.exit()
+	joiner.exit()
+}
+
 // TestUPMErrors: the kernel's documented errnos for bad arguments, and
 // nothing merged or lost on the way.
 func TestUPMErrors(t *testing.T) {

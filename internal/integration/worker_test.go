@@ -38,9 +38,11 @@ import (
 //	madvise ADVICE FIRST N                     raw madvise, answers the errno name
 //	unadvise                                   Region.Unadvise
 //	write PAGE                                 change one byte of a page
+//	fill FIRST N                               write pages' content again (after MADV_DONTNEED, say)
 //	check                                      verify every page against what it should hold
 //	merged                                     Region.Merged in bytes
 //	ksmpages FIRST N                           KSM pages mapped there, from pagemap and kpageflags
+//	thppages FIRST N                           pages of transparent huge pages mapped there, likewise
 //	stat                                       ksm_merging_pages from /proc/self/ksm_stat
 //	unmap FIRST N                              munmap pages
 //	exit
@@ -262,6 +264,12 @@ func (w *workerState) do(f []string) (string, error) {
 		w.mem[i*pageSize+100] = v
 		w.written[i] = v
 		return "", nil
+	case "fill":
+		first, n := atoi(f[1]), atoi(f[2])
+		for i := first; i < first+n; i++ {
+			copy(w.pages(i, 1), w.expected(i))
+		}
+		return "", nil
 	case "check":
 		bad := 0
 		for i := 0; i < w.shared+w.unique; i++ {
@@ -291,7 +299,9 @@ func (w *workerState) do(f []string) (string, error) {
 	case "ksmpages":
 		// KSM pages mapped in a range, counted by the kernel's page
 		// flags rather than by the upm package.
-		return ksmPagesIn(w.pages(atoi(f[1]), atoi(f[2])))
+		return pagesFlagged(w.pages(atoi(f[1]), atoi(f[2])), kpfKSM)
+	case "thppages":
+		return pagesFlagged(w.pages(atoi(f[1]), atoi(f[2])), kpfTHP)
 	case "stat":
 		b, err := os.ReadFile("/proc/self/ksm_stat")
 		if err != nil {
@@ -457,9 +467,16 @@ func (w *worker) exit() {
 	require.NoError(w.t, w.cmd.Wait())
 }
 
-// ksmPagesIn counts the KSM pages mapped in mem from /proc/self/pagemap and
-// /proc/kpageflags (root only; our kernel carries the KPF_KSM fix).
-func ksmPagesIn(mem []byte) (string, error) {
+// Page flags of /proc/kpageflags (include/uapi/linux/kernel-page-flags.h).
+const (
+	kpfKSM = 21
+	kpfTHP = 22
+)
+
+// pagesFlagged counts the pages mapped in mem whose kpageflags have flag,
+// from /proc/self/pagemap and /proc/kpageflags (root only; our kernel
+// carries the KPF_KSM fix).
+func pagesFlagged(mem []byte, flag uint) (string, error) {
 	pagemap, err := os.Open("/proc/self/pagemap")
 	if err != nil {
 		return "", err
@@ -484,7 +501,7 @@ func ksmPagesIn(mem []byte) (string, error) {
 		if _, err := kpageflags.ReadAt(buf[:], int64(entry&(1<<55-1))*8); err != nil {
 			return "", err
 		}
-		if binary.LittleEndian.Uint64(buf[:])&(1<<21) != 0 {
+		if binary.LittleEndian.Uint64(buf[:])&(1<<flag) != 0 {
 			n++
 		}
 	}
