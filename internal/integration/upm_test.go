@@ -225,12 +225,18 @@ func TestUPMHugePageAroundAPage(t *testing.T) {
 	first, joiner := startWorker(t), startWorker(t)
 	first.must("map %d 0 1 hugepage", shared)
 	joiner.must("map %d 0 2 hugepage", shared)
-	require.Equal(t, "512", joiner.must("thppages 0 512"), "the joiner's first 2 MiB is one THP, or the test shows nothing")
+	if n := joiner.must("thppages 0 512"); n != "512" {
+		t.Skipf("the kernel backed %s of the joiner's first 512 pages with a THP, not all (memory too fragmented for a huge page): the case needs one", n)
+	}
 	first.must("advise 0 %d", shared)
 
 	require.Equal(t, "0", joiner.must("madvise %d 10 1", unix.MADV_DONTNEED))
 	joiner.must("fill 10 1")
-	require.Equal(t, "511", joiner.must("thppages 0 512"), "page 10 is a small page of its own between subpages of the THP")
+	if n := joiner.must("thppages 0 512"); n != "511" {
+		// The deferred-split shrinker may split a partly mapped THP
+		// under memory pressure: then there is no large folio left.
+		t.Skipf("after MADV_DONTNEED of one subpage, %s of 512 pages are the THP's, not 511: it was split meanwhile", n)
+	}
 	skipped := readCounter(t, upmDir, "pages_skipped")
 	joiner.must("advise 0 %d", shared)
 	assert.Equal(t, int64(0), readCounter(t, upmDir, "pages_skipped")-skipped, "pages UPM left unmerged")
