@@ -218,7 +218,8 @@ func TestUPMTransparentHugePages(t *testing.T) {
 // and a refault of one subpage (or a partial copy on write), all within
 // one batch of the kernel's. Every page must merge: a batch that held the
 // folio once per run could not split it, and left the first run unmerged
-// (UPM_BUSY, pages_skipped) until the next advise.
+// until the next advise (kept as candidates: pages_skipped did not count
+// them, so the test counts merged pages).
 func TestUPMHugePageAroundAPage(t *testing.T) {
 	upmTest(t)
 	const shared = 1024 // 4 MiB: two huge pages
