@@ -248,6 +248,41 @@ func TestUPMHugePageAroundAPage(t *testing.T) {
 	joiner.exit()
 }
 
+// TestUPMPinnedTwinMergesLater: a page that is pinned when its twin is
+// advised cannot merge, and both wait in the index; the KSM page the next
+// twin makes with one of them must take in the other. Else the stable
+// tree, which every later twin searches first, hides it for good: seen
+// after a swap round trip, where a fault copying the page from swap holds
+// it as the pin does here.
+func TestUPMPinnedTwinMergesLater(t *testing.T) {
+	upmTest(t)
+	const shared, pinned = 64, 8
+	before := readUPM(t)
+	first, busy, last := startWorker(t), startWorker(t), startWorker(t)
+	for _, w := range []*worker{first, busy, last} {
+		w.must("map %d 0 1", shared)
+	}
+	first.must("advise 0 %d", shared)
+	busy.must("pin 0 %d", pinned)
+	busy.must("advise 0 %d", shared)
+	c := readUPM(t).sub(before)
+	assert.Equal(t, int64(pinned), c.skipped, "the pinned pages are counted as skipped")
+	assert.Equal(t, int64(2*pinned), c.candidates, "the pinned pages and their twins wait as candidates")
+	busy.must("unpin")
+
+	last.must("advise 0 %d", shared)
+	for i, w := range []*worker{first, busy, last} {
+		assert.Equal(t, int64(shared), w.mustInt("ksmpages 0 %d", shared), "worker %d: KSM pages mapped", i)
+		assert.Equal(t, int64(shared), w.mustInt("stat"), "worker %d: ksm_merging_pages", i)
+	}
+	assert.Equal(t, ksmCounters{shared: shared, sharing: 2 * shared}, readKSM(t))
+	assert.Zero(t, readUPM(t).sub(before).candidates, "candidates left")
+	for _, w := range []*worker{first, busy, last} {
+		w.must("check")
+		w.exit()
+	}
+}
+
 // TestUPMErrors: the kernel's documented errnos for bad arguments, and
 // nothing merged or lost on the way.
 func TestUPMErrors(t *testing.T) {

@@ -45,6 +45,8 @@ import (
 //	thppages FIRST N                           pages of transparent huge pages mapped there, likewise
 //	stat                                       ksm_merging_pages from /proc/self/ksm_stat
 //	unmap FIRST N                              munmap pages
+//	pin FIRST N                                hold a reference on pages (vmsplice into a pipe)
+//	unpin                                      drop them (close the pipe)
 //	exit
 //
 // FLAGS is a comma-separated list: "hugepage" (MADV_HUGEPAGE before filling),
@@ -135,6 +137,8 @@ type workerState struct {
 	// hammer, while set, stops the goroutine that keeps the process's
 	// mmap_lock taken for write.
 	hammer chan struct{}
+	// pins is the pipe whose buffers hold references on pinned pages.
+	pins [2]int
 }
 
 // expected returns what page i should hold, or nil for an untouched page.
@@ -392,6 +396,41 @@ func (w *workerState) do(f []string) (string, error) {
 			}
 		}(w.hammer)
 		<-started
+		return "", nil
+	case "pin":
+		// A page spliced into a pipe has a reference more than its
+		// mappings account for, as one under O_DIRECT I/O has: KSM
+		// cannot merge it until the pipe lets go.
+		if w.pins[1] != 0 {
+			return "", errors.New("pages already pinned")
+		}
+		first, n := atoi(f[1]), atoi(f[2])
+		if err := unix.Pipe2(w.pins[:], unix.O_CLOEXEC); err != nil {
+			return "", err
+		}
+		if _, err := unix.FcntlInt(uintptr(w.pins[1]), unix.F_SETPIPE_SZ, n*pageSize); err != nil {
+			return "", fmt.Errorf("F_SETPIPE_SZ: %w", err)
+		}
+		iovs := make([]unix.Iovec, n)
+		for i := range iovs {
+			iovs[i].Base = &w.pages(first+i, 1)[0]
+			iovs[i].SetLen(pageSize)
+		}
+		spliced, err := unix.Vmsplice(w.pins[1], iovs, 0)
+		if err != nil {
+			return "", fmt.Errorf("vmsplice: %w", err)
+		}
+		if spliced != n*pageSize {
+			return "", fmt.Errorf("vmsplice took %d bytes of %d", spliced, n*pageSize)
+		}
+		return "", nil
+	case "unpin":
+		if w.pins[1] == 0 {
+			return "", errors.New("nothing pinned")
+		}
+		unix.Close(w.pins[0])
+		unix.Close(w.pins[1])
+		w.pins = [2]int{}
 		return "", nil
 	case "exit":
 		return "", nil
