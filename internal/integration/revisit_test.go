@@ -149,6 +149,62 @@ func TestUPMSwapRoundTripRemerges(t *testing.T) {
 	}
 }
 
+// TestUPMRevisitRetriesBusyPages: pages that come back from swap while
+// pinned (here by vmsplice, which faults them in; O_DIRECT I/O does the
+// same) cannot merge when UPM revisits them. UPM must look at them again
+// later, as ksmd would in its next pass, until they merge: else the pinned
+// copies and their twins wait as candidates for good, with no advise or
+// third twin to come.
+func TestUPMRevisitRetriesBusyPages(t *testing.T) {
+	upmTest(t)
+	const pages, pinned = 64, 8
+	swapOnZram(t, 64<<20)
+	cg := memoryCgroup(t, "upmretry", 1<<30)
+	first, busy := startWorker(t), startWorker(t)
+	ws := []*worker{first, busy}
+	for _, w := range ws {
+		w.moveTo(cg)
+		w.must("map %d 0 7", pages)
+		require.Equal(t, "upm", w.must("advise 0 %d", pages))
+	}
+	reclaimKSMMappings(t, cg, ws, pages, 2*pages)
+
+	// The first worker's pages come back as its own and wait as
+	// candidates: no twin is back yet. (A KSM page that was still in the
+	// swap cache comes back as itself, merged.)
+	revisits := readCounter(t, upmDir, "revisits")
+	first.must("check")
+	eventually(t, revisitTimeout, "the first worker's pages are revisited", func() (bool, string) {
+		mapped, c := first.mustInt("ksmpages 0 %d", pages), readKSM(t)
+		return readCounter(t, upmDir, "revisits") > revisits && mapped+c.unshared == pages,
+			fmt.Sprintf("KSM pages mapped %d; %s", mapped, c)
+	})
+	// The other's first pages come back pinned: copies that cannot merge
+	// when UPM revisits them.
+	revisits = readCounter(t, upmDir, "revisits")
+	busy.must("pin 0 %d", pinned)
+	eventually(t, revisitTimeout, "the pinned pages are revisited", func() (bool, string) {
+		return readCounter(t, upmDir, "revisits") > revisits, readKSM(t).String()
+	})
+	copies := pinned - busy.mustInt("ksmpages 0 %d", pinned)
+	t.Logf("%d of the %d pinned pages came back as copies; %s", copies, pinned, readKSM(t))
+	if copies == 0 {
+		t.Skip("every pinned page came back as its KSM page (still in the swap cache): nothing was left to retry")
+	}
+	busy.must("unpin")
+	busy.must("check")
+	eventually(t, revisitTimeout, "every page is merged again", func() (bool, string) {
+		mapped := first.mustInt("ksmpages 0 %d", pages) + busy.mustInt("ksmpages 0 %d", pages)
+		c := readKSM(t)
+		return mapped == 2*pages && c == ksmCounters{shared: pages, sharing: pages},
+			fmt.Sprintf("KSM pages mapped %d of %d; %s", mapped, 2*pages, c)
+	})
+	for _, w := range ws {
+		w.must("check")
+		w.exit()
+	}
+}
+
 // TestUPMCountersFollowMappings changes merged pages three ways, one per
 // process: a write (copy on write), munmap, and mremap (which unmerges the
 // moved pages, as for any KSM page). Within a moment, with ksmd stopped,
