@@ -32,6 +32,10 @@ import (
 //     warm instance advised before. The makespan is from the signal to the
 //     last call's return.
 //
+// tlb-ipis/page counts the TLB-shootdown interrupts of all CPUs
+// (/proc/interrupts) while the calls ran, per advised page: what the merge's
+// page-table changes cost the advisers' other threads' CPUs.
+//
 // Each sub-benchmark measures once, whatever b.N is; UPM_BENCH_COUNT repeats
 // the rounds, in which the burst's two modes alternate which runs first.
 // Figures go to b.ReportMetric and to advise.txt in UPM_RESULTS_DIR (for
@@ -165,7 +169,9 @@ func (ms metrics) report(b *testing.B, out *adviseText, name string) {
 		// One measurement whatever b.N: see BenchmarkAdvise.
 	}
 	for _, m := range ms.m {
-		b.ReportMetric(m.v, m.unit)
+		if !math.IsNaN(m.v) {
+			b.ReportMetric(m.v, m.unit)
+		}
 	}
 	out.add(name, ms.m)
 }
@@ -212,14 +218,18 @@ func measureSize(size int64, thp bool, hashMBps float64) (metrics, error) {
 		return metrics{}, err
 	}
 	defer joiner.stop()
+	tlbFirst := tlbDelta()
 	rf, err := first.advise()
 	if err != nil {
 		return metrics{}, err
 	}
+	firstTLB := tlbFirst(float64(first.pages()))
+	tlbJoiner := tlbDelta()
 	rj, err := joiner.advise()
 	if err != nil {
 		return metrics{}, err
 	}
+	joinerTLB := tlbJoiner(float64(joiner.pages()))
 	if err := allMerged(first, joiner); err != nil {
 		return metrics{}, err
 	}
@@ -232,6 +242,8 @@ func measureSize(size int64, thp bool, hashMBps float64) (metrics, error) {
 		{100 * mbps / hashMBps, "%of-xxhash64-joiner"},
 		{float64(rf.Wall.Nanoseconds()) / pages, "ns/page-first"},
 		{float64(rf.SysCPU.Nanoseconds()) / pages, "sys-ns/page-first"},
+		{joinerTLB, "tlb-ipis/page-joiner"},
+		{firstTLB, "tlb-ipis/page-first"},
 		{hashMBps, "MB/s-xxhash64-4KiB-pages"},
 		{100 * float64(joiner.prepared.HugeBytes) / float64(size), "%in-thp-before"},
 	}}, nil
@@ -264,6 +276,8 @@ func measureBurst(n int, size int64, warm, parallelFirst bool) (metrics, error) 
 		{percentile(ser.wallMs, 50), "ms-advise-p50-serial"},
 		{par.sysCPU.Seconds(), "s-advise-sys-cpu-parallel"},
 		{ser.sysCPU.Seconds(), "s-advise-sys-cpu-serial"},
+		{par.tlbPerPage, "tlb-ipis/page-parallel"},
+		{ser.tlbPerPage, "tlb-ipis/page-serial"},
 	}}, nil
 }
 
@@ -271,6 +285,8 @@ type burstResult struct {
 	makespan time.Duration
 	wallMs   []float64
 	sysCPU   time.Duration
+	// tlbPerPage is TLB-shootdown interrupts per advised page, all CPUs.
+	tlbPerPage float64
 }
 
 func burstOnce(n int, size int64, warm, parallel bool) (burstResult, error) {
@@ -301,6 +317,7 @@ func burstOnce(n int, size int64, warm, parallel bool) (burstResult, error) {
 		burst[i] = a
 	}
 	results := make([]adviserResult, n)
+	tlb := tlbDelta()
 	start := time.Now()
 	if parallel {
 		for _, a := range burst {
@@ -325,6 +342,11 @@ func burstOnce(n int, size int64, warm, parallel bool) (burstResult, error) {
 		}
 	}
 	var br burstResult
+	var pages int64
+	for _, a := range burst {
+		pages += a.pages()
+	}
+	br.tlbPerPage = tlb(float64(pages))
 	for _, r := range results {
 		br.makespan = max(br.makespan, r.Returned.Sub(start))
 		br.wallMs = append(br.wallMs, millis(r.Wall))

@@ -6,6 +6,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -163,6 +164,50 @@ func ksmdCPU(fs procfs.FS) time.Duration {
 		}
 	}
 	return 0
+}
+
+// tlbShootdowns returns the TLB-shootdown interrupts all CPUs have taken
+// so far (the "TLB" line of /proc/interrupts, x86): the IPIs that a change
+// to the page tables of a process that ran on other CPUs costs, such as
+// each ptep_clear_flush() of a merge. ok is false where there is no count.
+func tlbShootdowns() (n int64, ok bool) {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0, false
+	}
+	self, err := fs.Self()
+	if err != nil {
+		return 0, false
+	}
+	irqs, err := self.Interrupts()
+	if err != nil {
+		return 0, false
+	}
+	tlb, ok := irqs["TLB"]
+	if !ok {
+		return 0, false
+	}
+	for _, v := range tlb.Values {
+		c, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		n += c
+	}
+	return n, true
+}
+
+// tlbDelta counts TLB-shootdown interrupts from now until the returned
+// function is called, which gives them per page, or NaN with no count.
+func tlbDelta() func(pages float64) float64 {
+	before, ok := tlbShootdowns()
+	return func(pages float64) float64 {
+		after, ok2 := tlbShootdowns()
+		if !ok || !ok2 || pages == 0 {
+			return math.NaN()
+		}
+		return float64(after-before) / pages
+	}
 }
 
 // mergingPages returns ksm_merging_pages of process pid from
