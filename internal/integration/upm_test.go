@@ -283,6 +283,29 @@ func TestUPMPinnedTwinMergesLater(t *testing.T) {
 	}
 }
 
+// TestUPMCandidateLaterInTheBatch: a process advises a page again together
+// with an identical page of its own in front of it. The first meets it as a
+// candidate and the two become a KSM page; the candidate's own entry, later
+// in the same batch of the kernel's, must then be left as it is. Before, it
+// was merged again with the page its address no longer mapped: its
+// rmap_item left the KSM page, which two addresses mapped and one rmap_item
+// knew, out of reach of swap and migration.
+func TestUPMCandidateLaterInTheBatch(t *testing.T) {
+	upmTest(t)
+	w := startWorker(t)
+	w.must("map 8 0 1")
+	w.must("copy 0 5")
+	w.must("advise 5 1")
+	before := readUPM(t)
+	w.must("advise 0 8")
+	assert.Equal(t, int64(2), w.mustInt("ksmpages 0 8"), "KSM pages mapped")
+	assert.Equal(t, int64(2), w.mustInt("stat"), "ksm_merging_pages")
+	assert.Equal(t, ksmCounters{shared: 1, sharing: 1, unshared: 6}, readKSM(t))
+	assert.Zero(t, readUPM(t).sub(before).skipped, "pages_skipped")
+	w.must("check")
+	w.exit()
+}
+
 // TestUPMErrors: the kernel's documented errnos for bad arguments, and
 // nothing merged or lost on the way.
 func TestUPMErrors(t *testing.T) {

@@ -39,6 +39,7 @@ import (
 //	unadvise                                   Region.Unadvise
 //	write PAGE                                 change one byte of a page
 //	fill FIRST N                               write pages' content again (after MADV_DONTNEED, say)
+//	copy SRC DST                               give page DST the content of page SRC
 //	check                                      verify every page against what it should hold
 //	merged                                     Region.Merged in bytes
 //	ksmpages FIRST N                           KSM pages mapped there, from pagemap and kpageflags
@@ -134,6 +135,8 @@ type workerState struct {
 	region  *upm.Region
 	written map[int]byte
 	unmaped map[int]bool
+	// copies maps a page to the page whose content it was given.
+	copies map[int]int
 	// hammer, while set, stops the goroutine that keeps the process's
 	// mmap_lock taken for write.
 	hammer chan struct{}
@@ -143,6 +146,9 @@ type workerState struct {
 
 // expected returns what page i should hold, or nil for an untouched page.
 func (w *workerState) expected(i int) []byte {
+	if src, ok := w.copies[i]; ok {
+		return w.expected(src)
+	}
 	p := make([]byte, pageSize)
 	if w.flags["sparse"] && i%2 == 1 {
 		return p // never written: reads as zero
@@ -161,7 +167,7 @@ func (w *workerState) expected(i int) []byte {
 }
 
 func runWorker(in io.Reader, out io.Writer) int {
-	w := &workerState{written: map[int]byte{}, unmaped: map[int]bool{}}
+	w := &workerState{written: map[int]byte{}, unmaped: map[int]bool{}, copies: map[int]int{}}
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -273,6 +279,11 @@ func (w *workerState) do(f []string) (string, error) {
 		for i := first; i < first+n; i++ {
 			copy(w.pages(i, 1), w.expected(i))
 		}
+		return "", nil
+	case "copy":
+		src, dst := atoi(f[1]), atoi(f[2])
+		copy(w.pages(dst, 1), w.expected(src))
+		w.copies[dst] = src
 		return "", nil
 	case "check":
 		bad := 0
