@@ -165,7 +165,8 @@ func TestUPMMergeDomains(t *testing.T) {
 	for _, w := range stock {
 		eventually(t, 3*time.Minute, "ksmd merges the KSM-backend processes", func() (bool, string) {
 			n := w.mustInt("stat")
-			return n == shared, fmt.Sprintf("ksm_merging_pages=%d", n)
+			return n == shared, fmt.Sprintf("ksm_merging_pages=%d ksm_rmap_items=%d; %s; %s", n,
+				w.ksmStat("ksm_rmap_items"), readKSM(t), ksmdState(t))
 		})
 	}
 	c = readKSM(t)

@@ -113,6 +113,26 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	}
 }
 
+// ksmdState describes what ksmd is doing, for a test that waits for it in
+// vain: its passes and pages scanned, its scheduler state and where it
+// sleeps (its kernel stack, which root may read).
+func ksmdState(t *testing.T) string {
+	t.Helper()
+	state := fmt.Sprintf("full_scans=%d pages_scanned=%d", readCounter(t, ksmDir, "full_scans"),
+		readCounter(t, ksmDir, "pages_scanned"))
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, comm := range comms {
+		if b, err := os.ReadFile(comm); err != nil || strings.TrimSpace(string(b)) != "ksmd" {
+			continue
+		}
+		dir := filepath.Dir(comm)
+		stat, _ := os.ReadFile(filepath.Join(dir, "stat"))
+		stack, _ := os.ReadFile(filepath.Join(dir, "stack"))
+		state += fmt.Sprintf("; ksmd %s: stat %s; stack:\n%s", filepath.Base(dir), strings.TrimSpace(string(stat)), stack)
+	}
+	return state
+}
+
 // ksmCounters is a snapshot of KSM's global counters.
 type ksmCounters struct{ shared, sharing, unshared int64 }
 

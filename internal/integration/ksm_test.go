@@ -34,7 +34,7 @@ func TestKSMFallbackMerges(t *testing.T) {
 
 	eventually(t, 3*time.Minute, "ksmd merges the shared pages", func() (bool, string) {
 		c := readKSM(t)
-		return c.shared >= shared && c.sharing >= (workers-1)*shared, c.String()
+		return c.shared >= shared && c.sharing >= (workers-1)*shared, c.String() + "; " + ksmdState(t)
 	})
 	for _, w := range ws {
 		eventually(t, time.Minute, "every worker sees its shared pages merged", func() (bool, string) {
