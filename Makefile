@@ -4,6 +4,7 @@ BUILD ?= $(CURDIR)/build
 GO ?= go
 KERNEL_PLAIN := $(BUILD)/kernel-plain/arch/x86/boot/bzImage
 KERNEL_DEBUG := $(BUILD)/kernel-debug/arch/x86/boot/bzImage
+KERNEL_PROFILE := $(BUILD)/kernel-profile/arch/x86/boot/bzImage
 # Built by kernel/build.sh; the VM rig puts every program in it into the
 # guest's /bin.
 export UPM_SELFTESTS := $(BUILD)/selftests
@@ -15,7 +16,7 @@ MODEL := $(BUILD)/model
 # QEMU's command line (TCG: KVM guests die on our machines) is vmtest's
 # defaultQEMU; set VMTEST_QEMU to override it.
 
-.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug vm demo bench bench-advise model guest-tests guest-function deps-vm clean
+.PHONY: all test test-host test-vm test-vm-debug check kernel kernel-debug kernel-profile vm demo bench bench-advise bench-profile model guest-tests guest-function deps-vm clean
 
 # The Go modules of the repository: the library, the examples, the density
 # benchmark and the VM rig.
@@ -51,6 +52,9 @@ kernel:
 
 kernel-debug:
 	kernel/build.sh debug
+
+kernel-profile:
+	kernel/build.sh profile
 
 ## test-vm: boot the plain UPM kernel and run the Go tests inside it.
 guest-tests:
@@ -134,6 +138,21 @@ bench-advise: kernel model guest-function deps-vm
 		$(GO) test -v -count=1 -timeout 120m -run 'TestBench$$' ./...
 	cd bench && $(GO) tool benchstat $(ADVISE_RESULTS)/advise.txt >$(ADVISE_RESULTS)/benchstat.txt
 	@cat $(ADVISE_RESULTS)/benchstat.txt
+
+## bench-profile: BenchmarkAdvise on the profile kernel (the function
+## profiler on), each advise profiled: where its time goes, function by
+## function, in build/results/profile/profile.txt. Profiling slows the calls
+## down: take the timings from bench-advise, the shares from here. Takes
+## UPM_BENCH_ADVISE_MIB and UPM_BENCH_BURST_N as bench-advise does.
+PROFILE_RESULTS := $(BUILD)/results/profile
+bench-profile: kernel-profile model guest-function deps-vm
+	@mkdir -p $(PROFILE_RESULTS)
+	rm -f $(PROFILE_RESULTS)/advise.txt $(PROFILE_RESULTS)/profile.txt
+	cd vmtest && VMTEST_KERNEL=$(KERNEL_PROFILE) UPM_RESULTS_DIR=$(PROFILE_RESULTS) \
+		VMTEST_QEMU="qemu-system-x86_64 -accel tcg -cpu max -m 5120 -smp $${UPM_BENCH_SMP:-2} -no-reboot" \
+		UPM_BENCH=1 UPM_BENCH_PROFILE=1 UPM_BENCH_RUN=BenchmarkAdvise UPM_MODEL_DIR=$(MODEL) UPM_BENCH_FUNCTION=$(FUNCTION) \
+		$(GO) test -v -count=1 -timeout 120m -run 'TestBench$$' ./...
+	@cat $(PROFILE_RESULTS)/profile.txt
 
 clean:
 	rm -rf $(BUILD)

@@ -76,13 +76,22 @@ func BenchmarkAdvise(b *testing.B) {
 		}
 	}()
 	hashMBps := xxhashMBps(32 << 20)
+	prof, err := newProfiling(filepath.Join(o.ResultsDir, "profile.txt"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := prof.flush(); err != nil {
+			b.Errorf("profile.txt: %v", err)
+		}
+	}()
 
 	for round := 1; round <= o.Rounds; round++ {
 		for _, thp := range []bool{false, true} {
 			for _, mib := range ab.sizes {
 				name := fmt.Sprintf("size/backing=%s/mib=%d", backingName(thp), mib)
 				b.Run(name, func(b *testing.B) {
-					ms := ab.once(name, round, func() (metrics, error) { return measureSize(int64(mib)<<20, thp, hashMBps) })
+					ms := ab.once(name, round, func() (metrics, error) { return measureSize(prof, name, int64(mib)<<20, thp, hashMBps) })
 					ms.report(b, out, "BenchmarkAdvise/"+name)
 				})
 			}
@@ -92,7 +101,7 @@ func BenchmarkAdvise(b *testing.B) {
 				name := fmt.Sprintf("burst/case=%s/n=%d", caseName(warm), n)
 				b.Run(name, func(b *testing.B) {
 					ms := ab.once(name, round, func() (metrics, error) {
-						return measureBurst(n, int64(ab.burstMiB)<<20, warm, round%2 == 0)
+						return measureBurst(prof, name, n, int64(ab.burstMiB)<<20, warm, round%2 == 0)
 					})
 					ms.report(b, out, "BenchmarkAdvise/"+name)
 				})
@@ -205,8 +214,8 @@ func newSeed() uint64 {
 }
 
 // measureSize advises size bytes in a first process, then the same content
-// in a second one.
-func measureSize(size int64, thp bool, hashMBps float64) (metrics, error) {
+// in a second one. prof, if on, profiles each of the two calls.
+func measureSize(prof *profiling, name string, size int64, thp bool, hashMBps float64) (metrics, error) {
 	spec := adviserSpec{Bytes: size, THP: thp, Seed: newSeed()}
 	first, err := startAdviser(spec, "upm")
 	if err != nil {
@@ -219,13 +228,14 @@ func measureSize(size int64, thp bool, hashMBps float64) (metrics, error) {
 	}
 	defer joiner.stop()
 	tlbFirst := tlbDelta()
-	rf, err := first.advise()
+	var rf, rj adviserResult
+	err = prof.around(name+", first", first.pages(), func() (err error) { rf, err = first.advise(); return err })
 	if err != nil {
 		return metrics{}, err
 	}
 	firstTLB := tlbFirst(float64(first.pages()))
 	tlbJoiner := tlbDelta()
-	rj, err := joiner.advise()
+	err = prof.around(name+", joiner", joiner.pages(), func() (err error) { rj, err = joiner.advise(); return err })
 	if err != nil {
 		return metrics{}, err
 	}
@@ -252,15 +262,15 @@ func measureSize(size int64, thp bool, hashMBps float64) (metrics, error) {
 // measureBurst advises size bytes of one content in n processes at the same
 // moment and, in n other processes, one after the other; with warm, a warm
 // instance advised the content before each. parallelFirst says which runs
-// first.
-func measureBurst(n int, size int64, warm, parallelFirst bool) (metrics, error) {
+// first. prof, if on, profiles each of the two.
+func measureBurst(prof *profiling, name string, n int, size int64, warm, parallelFirst bool) (metrics, error) {
 	modes := []bool{false, true}
 	if parallelFirst {
 		modes = []bool{true, false}
 	}
 	res := map[bool]burstResult{}
 	for _, parallel := range modes {
-		r, err := burstOnce(n, size, warm, parallel)
+		r, err := burstOnce(prof, name, n, size, warm, parallel)
 		if err != nil {
 			return metrics{}, err
 		}
@@ -289,7 +299,7 @@ type burstResult struct {
 	tlbPerPage float64
 }
 
-func burstOnce(n int, size int64, warm, parallel bool) (burstResult, error) {
+func burstOnce(prof *profiling, name string, n int, size int64, warm, parallel bool) (burstResult, error) {
 	spec := adviserSpec{Bytes: size, Seed: newSeed()}
 	var all []*adviser
 	defer func() {
@@ -317,35 +327,42 @@ func burstOnce(n int, size int64, warm, parallel bool) (burstResult, error) {
 		burst[i] = a
 	}
 	results := make([]adviserResult, n)
-	tlb := tlbDelta()
-	start := time.Now()
-	if parallel {
-		for _, a := range burst {
-			if err := a.signal(); err != nil {
-				return burstResult{}, err
-			}
-		}
-		for i, a := range burst {
-			r, err := a.result()
-			if err != nil {
-				return burstResult{}, err
-			}
-			results[i] = r
-		}
-	} else {
-		for i, a := range burst {
-			r, err := a.advise()
-			if err != nil {
-				return burstResult{}, err
-			}
-			results[i] = r
-		}
-	}
-	var br burstResult
 	var pages int64
 	for _, a := range burst {
 		pages += a.pages()
 	}
+	mode := map[bool]string{false: ", serial", true: ", parallel"}[parallel]
+	tlb := tlbDelta()
+	start := time.Now()
+	err := prof.around(name+mode, pages, func() error {
+		if parallel {
+			for _, a := range burst {
+				if err := a.signal(); err != nil {
+					return err
+				}
+			}
+			for i, a := range burst {
+				r, err := a.result()
+				if err != nil {
+					return err
+				}
+				results[i] = r
+			}
+			return nil
+		}
+		for i, a := range burst {
+			r, err := a.advise()
+			if err != nil {
+				return err
+			}
+			results[i] = r
+		}
+		return nil
+	})
+	if err != nil {
+		return burstResult{}, err
+	}
+	var br burstResult
 	br.tlbPerPage = tlb(float64(pages))
 	for _, r := range results {
 		br.makespan = max(br.makespan, r.Returned.Sub(start))

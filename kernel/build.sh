@@ -6,6 +6,7 @@
 #
 #   FLAVOUR  plain  base.config + upm.config            (default)
 #            debug  plain + debug.config (lockdep, DEBUG_VM, KASAN, ...)
+#            profile  plain + profile.config (the function profiler)
 #            stock  base.config only, no UPM patches     (for comparisons)
 #
 # Everything lands in build/ (ignored by git):
@@ -31,8 +32,9 @@ die() { log "error: $*"; exit 1; }
 case "$flavour" in
 plain) fragments=(base.config upm.config) patched=1 ;;
 debug) fragments=(base.config upm.config debug.config) patched=1 ;;
+profile) fragments=(base.config upm.config profile.config) patched=1 ;;
 stock) fragments=(base.config) patched=0 ;;
-*) die "unknown flavour '$flavour' (plain, debug or stock)" ;;
+*) die "unknown flavour '$flavour' (plain, debug, profile or stock)" ;;
 esac
 
 # Tools and the kernel source come from Debian's archive.

@@ -115,7 +115,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 
 // ksmdState describes what ksmd is doing, for a test that waits for it in
 // vain: its passes and pages scanned, its scheduler state and where it
-// sleeps (its kernel stack, which root may read).
+// sleeps (wchan, and its kernel stack where the kernel keeps one).
 func ksmdState(t *testing.T) string {
 	t.Helper()
 	state := fmt.Sprintf("full_scans=%d pages_scanned=%d", readCounter(t, ksmDir, "full_scans"),
@@ -127,8 +127,10 @@ func ksmdState(t *testing.T) string {
 		}
 		dir := filepath.Dir(comm)
 		stat, _ := os.ReadFile(filepath.Join(dir, "stat"))
+		wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
 		stack, _ := os.ReadFile(filepath.Join(dir, "stack"))
-		state += fmt.Sprintf("; ksmd %s: stat %s; stack:\n%s", filepath.Base(dir), strings.TrimSpace(string(stat)), stack)
+		state += fmt.Sprintf("; ksmd %s: stat %s; wchan %s; stack:\n%s", filepath.Base(dir),
+			strings.TrimSpace(string(stat)), wchan, stack)
 	}
 	return state
 }
