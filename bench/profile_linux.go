@@ -129,12 +129,8 @@ func (p *functionProfile) write(file, value string) error {
 	return nil
 }
 
-// start clears the profile and starts profiling; a nil profile does
-// nothing.
+// start clears the profile and starts profiling.
 func (p *functionProfile) start() error {
-	if p == nil {
-		return nil
-	}
 	// Turning it on again resets every counter.
 	if err := p.write("function_profile_enabled", "0"); err != nil {
 		return err
@@ -145,9 +141,6 @@ func (p *functionProfile) start() error {
 // stop stops profiling and returns what it measured since start, in the
 // order of profiledFunctions.
 func (p *functionProfile) stop() ([]functionTime, error) {
-	if p == nil {
-		return nil, nil
-	}
 	if err := p.write("function_profile_enabled", "0"); err != nil {
 		return nil, err
 	}
@@ -234,9 +227,6 @@ type profileText struct {
 // add writes one profile: each function's calls, total time, time per
 // call, time per advised page, and its share of upm_merge_range's time.
 func (t *profileText) add(label string, pages int64, rows []functionTime, untraceable []string) {
-	if t == nil {
-		return
-	}
 	var total float64
 	for _, r := range rows {
 		if r.name == "upm_merge_range" {
@@ -262,7 +252,7 @@ func (t *profileText) add(label string, pages int64, rows []functionTime, untrac
 }
 
 func (t *profileText) flush() error {
-	if t == nil || t.b.Len() == 0 {
+	if t.b.Len() == 0 {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(t.path), 0o755); err != nil {
