@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # build.sh FLAVOUR - build a bootable UPM guest kernel from Debian's
-# linux-source-6.12.
+# linux-source-6.12, at the version the series is based on (kernel/BASE;
+# kernel/source.sh finds or fetches it).
 #
 #   FLAVOUR  plain  base.config + upm.config            (default)
 #            debug  plain + debug.config (lockdep, DEBUG_VM, KASAN, ...)
@@ -49,7 +50,6 @@ command -v xz >/dev/null || need_pkgs+=(xz-utils)
 command -v patch >/dev/null || need_pkgs+=(patch)
 [ -e /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
 [ -e /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
-[ -e /usr/src/linux-source-6.12.tar.xz ] || need_pkgs+=(linux-source-6.12)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: install them with apt-get (needs root)"
 	log "installing ${need_pkgs[*]} from apt"
@@ -57,19 +57,22 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-version=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo unknown)
-tarball=/usr/src/linux-source-6.12.tar.xz
+version=$(tr -d '[:space:]' <"$here/BASE")
+tarball=$("$here/source.sh")
 src=$build/linux-source-6.12
 mkdir -p "$build"
 
 # The stamp records which Debian package the tree came from; a new package
 # version means a fresh extraction.
-if [ ! -f "$src/.upm-debian-version" ] || [ "$(cat "$src/.upm-debian-version")" != "$version" ]; then
+extract() {
 	log "extracting linux-source-6.12 $version (about 20 s)"
 	rm -rf "$src" "$build"/applied-patches
 	tar -C "$build" -xf "$tarball"
 	echo "$version" >"$src/.upm-debian-version"
 	mkdir -p "$build/applied-patches"
+}
+if [ ! -f "$src/.upm-debian-version" ] || [ "$(cat "$src/.upm-debian-version")" != "$version" ]; then
+	extract
 fi
 
 # Patches: undo the series that is applied if it differs from kernel/patches,
@@ -78,12 +81,14 @@ fi
 want_series() { if [ "$patched" = 1 ]; then ls "$here"/patches/*.patch 2>/dev/null || true; fi; }
 if [ "$patched" = 0 ]; then
 	stock_src=$build/linux-source-6.12-stock
-	if [ ! -d "$stock_src" ]; then
-		log "extracting a pristine copy for the stock kernel"
+	if [ ! -d "$stock_src" ] || [ "$(cat "$stock_src/.upm-debian-version" 2>/dev/null)" != "$version" ]; then
+		log "extracting a pristine copy of $version for the stock kernel"
+		rm -rf "$stock_src" "$build/stock-tmp"
 		mkdir -p "$build/stock-tmp"
 		tar -C "$build/stock-tmp" -xf "$tarball"
 		mv "$build/stock-tmp/linux-source-6.12" "$stock_src"
 		rmdir "$build/stock-tmp"
+		echo "$version" >"$stock_src/.upm-debian-version"
 	fi
 	src=$stock_src
 else
@@ -111,8 +116,13 @@ else
 		done
 		for p in $(ls "$applied" | sort -r); do
 			log "reverting $p"
-			patch -d "$src" -p1 -R -s --no-backup-if-mismatch <"$applied/$p" ||
-				die "could not revert $p: remove $build and rebuild"
+			if ! patch -d "$src" -p1 -R -s -F0 --dry-run <"$applied/$p" >/dev/null; then
+				# Someone edited the tree by hand: start again from the tarball.
+				log "$p does not revert cleanly: the tree was changed by hand"
+				extract
+				break
+			fi
+			patch -d "$src" -p1 -R -s -F0 --no-backup-if-mismatch <"$applied/$p" >/dev/null
 			rm "$applied/$p"
 		done
 		# Files the series creates that are there anyway (copied in by
@@ -122,8 +132,11 @@ else
 		done
 		for p in $want; do
 			log "applying $p"
-			patch -d "$src" -p1 -s -F0 --no-backup-if-mismatch <"$here/patches/$p" ||
-				die "$p does not apply to linux-source-6.12 $version"
+			# A dry run first: a patch that fails half-way would leave the
+			# tree in a state no record describes.
+			patch -d "$src" -p1 -s -F0 --dry-run <"$here/patches/$p" >/dev/null ||
+				die "$p does not apply to linux-source-6.12 $version (kernel/BASE): see kernel/series.sh"
+			patch -d "$src" -p1 -s -F0 --no-backup-if-mismatch <"$here/patches/$p" >/dev/null
 			cp "$here/patches/$p" "$applied/$p"
 		done
 		for f in $touched; do

@@ -4,7 +4,8 @@
 # series.sh - work on the UPM patch series (kernel/patches) as git commits.
 #
 #   series.sh tree [DIR]    make DIR (default build/series) a git tree of
-#                           Debian's pristine linux-source-6.12, tagged
+#                           Debian's pristine linux-source-6.12 at the
+#                           series' base (kernel/BASE), tagged
 #                           "pristine", with kernel/patches applied by git am:
 #                           one commit a patch, new files included
 #   series.sh export [DIR]  write DIR's commits since "pristine" back into
@@ -25,7 +26,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cmd=${1:-}
 dir=${2:-$repo/build/series}
-tarball=/usr/src/linux-source-6.12.tar.xz
 author=(-c "user.name=UPM developers" -c "user.email=upm-dev@upm-project.org")
 
 die() { echo "series.sh: $*" >&2; exit 1; }
@@ -33,7 +33,7 @@ die() { echo "series.sh: $*" >&2; exit 1; }
 case "$cmd" in
 tree)
 	[ ! -e "$dir" ] || die "$dir exists: remove it first, or work in it"
-	[ -e "$tarball" ] || die "no $tarball: apt-get install linux-source-6.12"
+	tarball=$("$here/source.sh")
 	mkdir -p "$dir.tmp"
 	tar -C "$dir.tmp" -xf "$tarball"
 	mv "$dir.tmp/linux-source-6.12" "$dir"
@@ -42,7 +42,7 @@ tree)
 	git init -q
 	# The tarball's .gitignore ends in /*: add what it ignores, too.
 	git add -f -A .
-	git "${author[@]}" commit -q -m "pristine linux-source-6.12 $(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo)"
+	git "${author[@]}" commit -q -m "pristine linux-source-6.12 $(cat "$here/BASE")"
 	git tag pristine
 	git config core.abbrev 7
 	git "${author[@]}" am -q "$here"/patches/*.patch
@@ -64,7 +64,7 @@ check)
 	done
 	;;
 *)
-	sed -n '4,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '4,22p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac
