@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -117,6 +118,82 @@ func TestUPMMergesAtOnce(t *testing.T) {
 	assert.Equal(t, int64(shared), ws[2].mustInt("stat"))
 	for _, w := range ws[1:] {
 		w.exit()
+	}
+}
+
+// TestUPMBurstMergesAtOnce is TestUPMMergesAtOnce with the instances
+// advising at the same moment, as a platform scaling a function out starts
+// them: joining warm instances, and all new. Advisers of one domain merge
+// side by side (a page joining a KSM page is replaced outside
+// ksm_thread_mutex), and still every duplicate is merged, and every counter
+// exact, when the last advise returns.
+func TestUPMBurstMergesAtOnce(t *testing.T) {
+	upmTest(t)
+	const burst = 8
+	shared, unique := sized(4096), sized(128)
+
+	for _, warm := range []bool{true, false} {
+		name := map[bool]string{true: "warm joiners", false: "all new"}[warm]
+		before := readUPM(t)
+		var ws []*worker
+		// Warm: two instances made the KSM pages, and the burst joins
+		// them (the path that runs outside the mutex).
+		for i := 0; warm && i < 2; i++ {
+			w := startWorker(t)
+			w.must("map %d %d %d", shared, unique, 2000+10*i)
+			require.Equal(t, "upm", w.must("advise 0 %d", shared+unique))
+			ws = append(ws, w)
+		}
+		var burstWorkers []*worker
+		for i := 0; i < burst; i++ {
+			w := startWorker(t)
+			w.must("map %d %d %d", shared, unique, 2001+i)
+			burstWorkers = append(burstWorkers, w)
+		}
+		start := make(chan struct{})
+		errs := make([]error, burst)
+		replies := make([]string, burst)
+		var wg sync.WaitGroup
+		for i, w := range burstWorkers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				replies[i], errs[i] = w.call("advise 0 %d", shared+unique)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i := range burstWorkers {
+			require.NoError(t, errs[i], "%s: worker %d", name, i)
+			require.Equal(t, "upm", replies[i], "%s: worker %d", name, i)
+		}
+		ws = append(ws, burstWorkers...)
+
+		n := int64(len(ws))
+		c := readKSM(t)
+		assert.Equal(t, shared, c.shared, "%s: one KSM page per duplicated page: %s", name, c)
+		assert.Equal(t, (n-1)*shared, c.sharing, "%s: %s", name, c)
+		assert.Equal(t, n*unique, c.unshared, "%s: unique pages wait as candidates: %s", name, c)
+		d := readUPM(t).sub(before)
+		assert.Equal(t, n*(shared+unique), d.advised, name)
+		assert.Equal(t, 2*shared, d.mergedNew, "%s: one pair makes each KSM page", name)
+		assert.Equal(t, (n-2)*shared, d.mergedStable, "%s: the others join it", name)
+		assert.Equal(t, n*unique, d.candidates, name)
+		assert.Zero(t, d.skipped, name)
+		for _, w := range ws {
+			assert.Equal(t, shared, w.mustInt("stat"), "%s: ksm_merging_pages", name)
+			w.must("check")
+		}
+		for _, w := range ws {
+			w.exit()
+		}
+		// The next round counts from nothing.
+		eventually(t, revisitTimeout, "nothing left of the round", func() (bool, string) {
+			c := readKSM(t)
+			candidates := readCounter(t, upmDir, "candidates")
+			return c == ksmCounters{} && candidates == 0, fmt.Sprintf("KSM counters %s, candidates %d", c, candidates)
+		})
 	}
 }
 
