@@ -22,7 +22,9 @@ pkg=linux-source-6.12
 log() { printf '[kernel %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-installed=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null |
+# dpkg-query fails for a package that was never installed (a fresh
+# machine): that is "nothing installed", not an error.
+installed=$({ dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null || true; } |
 	sed -n 's/^install ok installed //p')
 if [ "$installed" = "$base" ] && [ -e /usr/src/linux-source-6.12.tar.xz ]; then
 	echo /usr/src/linux-source-6.12.tar.xz
