@@ -38,7 +38,13 @@ var guestPackages = []string{
 // defaultQEMU is TCG on purpose: /dev/kvm exists on our machines but nested
 // guests die with "KVM internal error. Suberror: 1".
 // -no-reboot: a panic ends QEMU rather than rebooting into the tests again.
-const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2 -no-reboot"
+// Two NUMA nodes of 1.5 GiB and one vCPU each, so that KSM's per-node trees,
+// merge_across_nodes = 0 and move_pages between nodes are tested for real;
+// a socket each, or the scheduler warns at boot that CPUs sharing a cache
+// sit on two nodes.
+const defaultQEMU = "qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 2,sockets=2,cores=1,threads=1 -no-reboot" +
+	" -object memory-backend-ram,id=node0,size=1536M -numa node,nodeid=0,cpus=0,memdev=node0" +
+	" -object memory-backend-ram,id=node1,size=1536M -numa node,nodeid=1,cpus=1,memdev=node1"
 
 // TestGuest runs the tests of guestPackages inside the guest: make test-vm.
 // The kselftest-style C programs built by kernel/build.sh (UPM_SELFTESTS),
@@ -180,6 +186,10 @@ func kernelArgs() []string {
 		// GSI"): the guest waits forever for its first 9p reply. It also
 		// takes a minute off every debug boot.
 		"pci=noacpi",
+		// The top of each node's memory in ZONE_MOVABLE: its memory
+		// blocks can go offline (their pages migrate elsewhere), which
+		// TestUPMMemoryOffline does under UPM's feet.
+		"movablecore=1G",
 		"UPM_RESULTS_DIR=/mount/9p/upmresults",
 	}
 	if flavour := os.Getenv("UPM_KERNEL_FLAVOUR"); flavour != "" {
