@@ -47,10 +47,13 @@ func upmTest(t *testing.T) {
 	requireUPM(t)
 	setKSM(t, map[string]string{"run": "0"})
 	require.Zero(t, readCounter(t, upmDir, "candidates"), "a previous test left candidates")
+	stranded, err := strandedKSMPages()
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
 			return
 		}
+		defer checkNoStrandedPages(t, stranded)
 		// An exited process's mm goes when its last user lets go: UPM's
 		// revisit work may be looking at it that moment (it holds the
 		// mm while it does), so give it a revisit's time.

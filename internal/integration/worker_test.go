@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,6 +46,9 @@ import (
 //	ksmpages FIRST N                           KSM pages mapped there, from pagemap and kpageflags
 //	thppages FIRST N                           pages of transparent huge pages mapped there, likewise
 //	stat                                       ksm_merging_pages from /proc/self/ksm_stat
+//	pfns FIRST N                               the page frame each page maps (0: none), from pagemap
+//	nodes FIRST N                              NUMA node of each page, counted: "NODE:COUNT ..." (move_pages)
+//	move FIRST N NODE                          migrate pages to a NUMA node (move_pages, MPOL_MF_MOVE_ALL)
 //	unmap FIRST N                              munmap pages
 //	pin FIRST N                                hold a reference on pages (vmsplice into a pipe)
 //	unpin                                      drop them (close the pipe)
@@ -73,6 +77,9 @@ func openGuestRoot() {
 func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) == "1" {
 		os.Exit(runWorker(os.Stdin, os.Stdout))
+	}
+	if pathValue := os.Getenv(writerEnv); pathValue != "" {
+		os.Exit(runWriter(pathValue))
 	}
 	// make vm RUN=... chooses the tests through the guest's environment.
 	flag.Parse()
@@ -328,6 +335,28 @@ func (w *workerState) do(f []string) (string, error) {
 			}
 		}
 		return "", errors.New("no ksm_merging_pages in /proc/self/ksm_stat")
+	case "pfns":
+		pfns, err := pageFrames(w.pages(atoi(f[1]), atoi(f[2])))
+		if err != nil {
+			return "", err
+		}
+		words := make([]string, len(pfns))
+		for i, pfn := range pfns {
+			words[i] = strconv.FormatUint(pfn, 10)
+		}
+		return strings.Join(words, " "), nil
+	case "nodes":
+		status, err := movePages(w.pages(atoi(f[1]), atoi(f[2])), -1)
+		if err != nil {
+			return "", err
+		}
+		return countNodes(status), nil
+	case "move":
+		status, err := movePages(w.pages(atoi(f[1]), atoi(f[2])), atoi(f[3]))
+		if err != nil {
+			return "", err
+		}
+		return countNodes(status), nil
 	case "unmap":
 		first, n := atoi(f[1]), atoi(f[2])
 		// Part of a mapping: unix.Munmap only takes whole ones.
@@ -556,4 +585,78 @@ func pagesFlagged(mem []byte, flag uint) (string, error) {
 		}
 	}
 	return strconv.Itoa(n), nil
+}
+
+// pageFrames returns the page frame number each page of mem maps, 0 for a
+// page not present, from /proc/self/pagemap (root sees the frames).
+func pageFrames(mem []byte) ([]uint64, error) {
+	pagemap, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return nil, err
+	}
+	defer pagemap.Close()
+	n := len(mem) / pageSize
+	buf := make([]byte, 8*n)
+	if _, err := pagemap.ReadAt(buf, int64(uintptrOf(mem)/pageSize)*8); err != nil {
+		return nil, err
+	}
+	pfns := make([]uint64, n)
+	for i := range pfns {
+		entry := binary.LittleEndian.Uint64(buf[8*i:])
+		if entry&(1<<63) != 0 {
+			pfns[i] = entry & (1<<55 - 1)
+		}
+	}
+	return pfns, nil
+}
+
+// movePages moves the pages of mem to NUMA node node with move_pages(2),
+// as root with MPOL_MF_MOVE_ALL so that pages other processes map move too
+// (a KSM page always has other mappers), and returns each page's status:
+// its node, or a negative errno. node -1 only asks where the pages are.
+func movePages(mem []byte, node int) ([]int32, error) {
+	n := len(mem) / pageSize
+	addrs := make([]uintptr, n)
+	for i := range addrs {
+		addrs[i] = uintptrOf(mem) + uintptr(i*pageSize)
+	}
+	status := make([]int32, n)
+	var nodes []int32
+	nodesPtr := uintptr(0)
+	if node >= 0 {
+		nodes = make([]int32, n)
+		for i := range nodes {
+			nodes[i] = int32(node)
+		}
+		nodesPtr = uintptr(unsafe.Pointer(&nodes[0]))
+	}
+	// The return value counts the pages left where they were; status
+	// says why for each, so it is what the caller looks at.
+	_, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
+		nodesPtr, uintptr(unsafe.Pointer(&status[0])), unix.MPOL_MF_MOVE_ALL)
+	runtime.KeepAlive(nodes)
+	if e != 0 {
+		return nil, fmt.Errorf("move_pages: %w", e)
+	}
+	return status, nil
+}
+
+// countNodes summarises move_pages statuses as "NODE:COUNT" words in
+// ascending order of node (negative ones are errnos: -14 EFAULT, not
+// mapped; -16 EBUSY, could not move).
+func countNodes(status []int32) string {
+	counts := map[int32]int{}
+	for _, s := range status {
+		counts[s]++
+	}
+	keys := make([]int32, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	words := make([]string, len(keys))
+	for i, k := range keys {
+		words[i] = fmt.Sprintf("%d:%d", k, counts[k])
+	}
+	return strings.Join(words, " ")
 }
