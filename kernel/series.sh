@@ -59,6 +59,14 @@ export)
 	;;
 check)
 	[ -d "$dir/.git" ] || die "no git tree in $dir: series.sh tree first"
+	# checkpatch's SPDX check runs scripts/spdxcheck.py, which needs
+	# Debian's python3-ply and python3-git: Debian's python3 first, not
+	# whatever python3 comes first in PATH (pyenv, say).
+	export PATH=/usr/bin:$PATH
+	if ! python3 -c 'import ply, git' 2>/dev/null; then
+		[ "$(id -u)" = 0 ] || die "checkpatch needs python3-ply and python3-git: apt-get install them (as root)"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-ply python3-git >/dev/null
+	fi
 	for p in "$here"/patches/*.patch; do
 		"$dir/scripts/checkpatch.pl" --strict --quiet "$p" || echo "^ $(basename "$p")"
 	done
