@@ -345,14 +345,12 @@ func (w *workerState) do(f []string) (string, error) {
 			words[i] = strconv.FormatUint(pfn, 10)
 		}
 		return strings.Join(words, " "), nil
-	case "nodes":
-		status, err := movePages(w.pages(atoi(f[1]), atoi(f[2])), -1)
-		if err != nil {
-			return "", err
+	case "nodes", "move":
+		node := -1 // nodes: only ask where they are
+		if f[0] == "move" {
+			node = atoi(f[3])
 		}
-		return countNodes(status), nil
-	case "move":
-		status, err := movePages(w.pages(atoi(f[1]), atoi(f[2])), atoi(f[3]))
+		status, err := movePages(w.pages(atoi(f[1]), atoi(f[2])), node)
 		if err != nil {
 			return "", err
 		}
@@ -556,28 +554,22 @@ const (
 // from /proc/self/pagemap and /proc/kpageflags (root only; our kernel
 // carries the KPF_KSM fix).
 func pagesFlagged(mem []byte, flag uint) (string, error) {
-	pagemap, err := os.Open("/proc/self/pagemap")
+	pfns, err := pageFrames(mem)
 	if err != nil {
 		return "", err
 	}
-	defer pagemap.Close()
 	kpageflags, err := os.Open("/proc/kpageflags")
 	if err != nil {
 		return "", err
 	}
 	defer kpageflags.Close()
-	first := uintptrOf(mem) / pageSize
 	var n int
 	var buf [8]byte
-	for i := 0; i < len(mem)/pageSize; i++ {
-		if _, err := pagemap.ReadAt(buf[:], int64(first+uintptr(i))*8); err != nil {
-			return "", err
+	for _, pfn := range pfns {
+		if pfn == 0 {
+			continue // not present
 		}
-		entry := binary.LittleEndian.Uint64(buf[:])
-		if entry&(1<<63) == 0 {
-			continue
-		}
-		if _, err := kpageflags.ReadAt(buf[:], int64(entry&(1<<55-1))*8); err != nil {
+		if _, err := kpageflags.ReadAt(buf[:], int64(pfn)*8); err != nil {
 			return "", err
 		}
 		if binary.LittleEndian.Uint64(buf[:])&(1<<flag) != 0 {
