@@ -39,6 +39,8 @@ import (
 //	madvise ADVICE FIRST N                     raw madvise, answers the errno name
 //	unadvise                                   Region.Unadvise
 //	write PAGE                                 change one byte of a page
+//	poke FIRST N VALUE                         set byte 100 of pages to VALUE (the same content in every worker)
+//	flip FIRST N VALUE | flip off              a thread toggles byte 100 of pages between its own and VALUE, until off
 //	fill FIRST N                               write pages' content again (after MADV_DONTNEED, say)
 //	copy SRC DST                               give page DST the content of page SRC
 //	check                                      verify every page against what it should hold
@@ -149,6 +151,8 @@ type workerState struct {
 	hammer chan struct{}
 	// pins is the pipe whose buffers hold references on pinned pages.
 	pins [2]int
+	// flip, while set, stops the thread that toggles pages' content.
+	flip chan struct{}
 }
 
 // expected returns what page i should hold, or nil for an untouched page.
@@ -280,6 +284,61 @@ func (w *workerState) do(f []string) (string, error) {
 		}
 		w.mem[i*pageSize+100] = v
 		w.written[i] = v
+		return "", nil
+	case "poke":
+		first, n, v := atoi(f[1]), atoi(f[2]), byte(atoi(f[3]))
+		for i := first; i < first+n; i++ {
+			w.mem[i*pageSize+100] = v
+			w.written[i] = v
+		}
+		return "", nil
+	case "flip":
+		if f[1] == "off" {
+			if w.flip == nil {
+				return "", errors.New("no flip running")
+			}
+			w.flip <- struct{}{}
+			<-w.flip
+			w.flip = nil
+			// What each page holds now is one of two contents: the
+			// caller must not check it.
+			return "", nil
+		}
+		if w.flip != nil {
+			return "", errors.New("flip already running")
+		}
+		first, n, v := atoi(f[1]), atoi(f[2]), byte(atoi(f[3]))
+		own := make([]byte, n)
+		for i := range own {
+			own[i] = w.expected(first + i)[100]
+		}
+		w.flip = make(chan struct{})
+		started := make(chan struct{})
+		go func(stop chan struct{}) {
+			runtime.LockOSThread()
+			close(started)
+			for sweep := 0; ; sweep++ {
+				select {
+				case <-stop:
+					stop <- struct{}{}
+					return
+				default:
+				}
+				// One byte a page, written at once: a page holds
+				// either content at any moment, never a mix.
+				for i := range own {
+					b := own[i]
+					if sweep%2 == 1 {
+						b = v
+					}
+					w.mem[(first+i)*pageSize+100] = b
+				}
+				// Quiet moments, so that some merges complete
+				// between two writes of a page.
+				time.Sleep(100 * time.Microsecond)
+			}
+		}(w.flip)
+		<-started
 		return "", nil
 	case "fill":
 		first, n := atoi(f[1]), atoi(f[2])
