@@ -146,13 +146,13 @@ type workerState struct {
 	unmaped map[int]bool
 	// copies maps a page to the page whose content it was given.
 	copies map[int]int
-	// hammer, while set, stops the goroutine that keeps the process's
-	// mmap_lock taken for write.
-	hammer chan struct{}
+	// hammer, while set, is the loop that keeps the process's mmap_lock
+	// taken for write.
+	hammer *loop
 	// pins is the pipe whose buffers hold references on pinned pages.
 	pins [2]int
-	// flip, while set, stops the thread that toggles pages' content.
-	flip chan struct{}
+	// flip, while set, is the loop that toggles pages' content.
+	flip *loop
 }
 
 // expected returns what page i should hold, or nil for an untouched page.
@@ -297,8 +297,7 @@ func (w *workerState) do(f []string) (string, error) {
 			if w.flip == nil {
 				return "", errors.New("no flip running")
 			}
-			w.flip <- struct{}{}
-			<-w.flip
+			w.flip.stop()
 			w.flip = nil
 			// What each page holds now is one of two contents: the
 			// caller must not check it.
@@ -312,33 +311,22 @@ func (w *workerState) do(f []string) (string, error) {
 		for i := range own {
 			own[i] = w.expected(first + i)[100]
 		}
-		w.flip = make(chan struct{})
-		started := make(chan struct{})
-		go func(stop chan struct{}) {
-			runtime.LockOSThread()
-			close(started)
-			for sweep := 0; ; sweep++ {
-				select {
-				case <-stop:
-					stop <- struct{}{}
-					return
-				default:
+		sweep := 0
+		w.flip = startLoop(func() {
+			// One byte a page, written at once: a page holds either
+			// content at any moment, never a mix.
+			for i := range own {
+				b := own[i]
+				if sweep%2 == 1 {
+					b = v
 				}
-				// One byte a page, written at once: a page holds
-				// either content at any moment, never a mix.
-				for i := range own {
-					b := own[i]
-					if sweep%2 == 1 {
-						b = v
-					}
-					w.mem[(first+i)*pageSize+100] = b
-				}
-				// Quiet moments, so that some merges complete
-				// between two writes of a page.
-				time.Sleep(100 * time.Microsecond)
+				w.mem[(first+i)*pageSize+100] = b
 			}
-		}(w.flip)
-		<-started
+			sweep++
+			// Quiet moments, so that some merges complete between
+			// two writes of a page.
+			time.Sleep(100 * time.Microsecond)
+		}, nil)
 		return "", nil
 	case "fill":
 		first, n := atoi(f[1]), atoi(f[2])
@@ -461,8 +449,7 @@ func (w *workerState) do(f []string) (string, error) {
 			if w.hammer == nil {
 				return "", errors.New("no hammer running")
 			}
-			w.hammer <- struct{}{}
-			<-w.hammer
+			w.hammer.stop()
 			w.hammer = nil
 			return "", nil
 		}
@@ -473,26 +460,12 @@ func (w *workerState) do(f []string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		w.hammer = make(chan struct{})
-		started := make(chan struct{})
-		go func(stop chan struct{}) {
-			runtime.LockOSThread()
-			close(started)
-			for {
-				select {
-				case <-stop:
-					unix.Munmap(page)
-					stop <- struct{}{}
-					return
-				default:
-				}
-				// A different protection for one page of two splits
-				// the VMA; the same for both merges it again.
-				unix.Mprotect(page[:pageSize], unix.PROT_READ)
-				unix.Mprotect(page[:pageSize], unix.PROT_READ|unix.PROT_WRITE)
-			}
-		}(w.hammer)
-		<-started
+		w.hammer = startLoop(func() {
+			// A different protection for one page of two splits
+			// the VMA; the same for both merges it again.
+			unix.Mprotect(page[:pageSize], unix.PROT_READ)
+			unix.Mprotect(page[:pageSize], unix.PROT_READ|unix.PROT_WRITE)
+		}, func() { unix.Munmap(page) })
 		return "", nil
 	case "pin":
 		// A page spliced into a pipe has a reference more than its
@@ -710,4 +683,41 @@ func countNodes(status []int32) string {
 		words[i] = fmt.Sprintf("%d:%d", k, counts[k])
 	}
 	return strings.Join(words, " ")
+}
+
+// loop is a goroutine on an OS thread of its own that runs a body over and
+// over, beside the worker's commands, until stopped.
+type loop struct {
+	quit chan struct{}
+}
+
+// startLoop starts body on a locked OS thread; cleanup, if not nil, runs
+// on that thread once the loop stops.
+func startLoop(body, cleanup func()) *loop {
+	l := &loop{quit: make(chan struct{})}
+	started := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		close(started)
+		for {
+			select {
+			case <-l.quit:
+				if cleanup != nil {
+					cleanup()
+				}
+				l.quit <- struct{}{}
+				return
+			default:
+			}
+			body()
+		}
+	}()
+	<-started
+	return l
+}
+
+// stop ends the loop and returns once its cleanup is done.
+func (l *loop) stop() {
+	l.quit <- struct{}{}
+	<-l.quit
 }
