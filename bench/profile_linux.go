@@ -33,11 +33,20 @@ const tracefsDir = "/sys/kernel/tracing"
 var profiledFunctions = []string{
 	"upm_merge_range",
 	"mutex_lock_killable", // ksm_thread_mutex, once a batch: the wait for other advisers
+	"mutex_lock",          // ksm_thread_mutex again, for the deferred merges' accounting
 	"lru_add_drain_all",
-	"upm_collect",
+	"upm_gather", // walk, references, hash: under the mmap_lock only
 	"folio_walk_start",
+	"upm_page_hash",
+	"xxh64",
+	"upm_attach_rmap_items", // under the mutex
+	"find_mergeable_vma",
 	"upm_get_rmap_item",
 	"upm_merge_page",
+	"upm_stable_probe",
+	"upm_map_deferred",     // joining a KSM page, without the mutex
+	"upm_account_deferred", // and its rmap_item on the node, under it
+	"upm_present_page",
 	"remove_rmap_item_from_tree",
 	"stable_tree_search",
 	"memcmp_pages",
