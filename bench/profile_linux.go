@@ -33,7 +33,7 @@ const tracefsDir = "/sys/kernel/tracing"
 var profiledFunctions = []string{
 	"upm_merge_range",
 	"mutex_lock_killable", // ksm_thread_mutex, once a batch: the wait for other advisers
-	"mutex_lock",          // ksm_thread_mutex again, for the deferred merges' accounting
+	"mutex_lock",          // every caller; in an advise, ksm_thread_mutex for the deferred merges' accounting
 	"lru_add_drain_all",
 	"upm_gather", // walk, references, hash: under the mmap_lock only
 	"folio_walk_start",
