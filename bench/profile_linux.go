@@ -32,20 +32,24 @@ const tracefsDir = "/sys/kernel/tracing"
 // no row (the profile says which).
 var profiledFunctions = []string{
 	"upm_merge_range",
-	"mutex_lock_killable", // ksm_thread_mutex, once a batch: the wait for other advisers
-	"mutex_lock",          // every caller; in an advise, ksm_thread_mutex for the deferred merges' accounting
+	"mutex_lock_killable", // ksm_thread_mutex, once a batch that joined nothing early: the wait for other advisers
+	"mutex_lock",          // every caller; in an advise, ksm_thread_mutex once a batch that joined early, and for the deferred merges' accounting
 	"lru_add_drain_all",
 	"upm_gather", // walk, references, hash: under the mmap_lock only
 	"folio_walk_start",
 	"upm_page_hash",
 	"xxh64",
+	"upm_join_early",        // joining the KSM pages the index has, before the mutex
+	"upm_stable_peek",       // the index read under its domain's spinlock
 	"upm_attach_rmap_items", // under the mutex
+	"upm_account_locked",    // the joins' rmap_items on their nodes, under it
+	"upm_drop_early",        // early joins undone
 	"find_mergeable_vma",
 	"upm_get_rmap_item",
 	"upm_merge_page",
 	"upm_stable_probe",
 	"upm_map_deferred",     // joining a KSM page, without the mutex
-	"upm_account_deferred", // and its rmap_item on the node, under it
+	"upm_account_deferred", // a join the mutex found: its rmap_item on the node, under it again
 	"upm_present_page",
 	"remove_rmap_item_from_tree",
 	"stable_tree_search",
